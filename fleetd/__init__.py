@@ -1,0 +1,3 @@
+"""fleetd: the agent runtime of FleetConf, as an asyncio daemon."""
+
+__version__ = "0.1.0"
