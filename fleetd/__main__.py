@@ -1,0 +1,5 @@
+"""Allow `python -m fleetd`, the same as the `fleetd` command."""
+
+from fleetd.cli import main
+
+raise SystemExit(main())
