@@ -54,3 +54,6 @@ class Config:
     workflows: dict[str, WorkflowSettings] = field(default_factory=dict)
     agent_files: tuple[Path, ...] = ()  # in lexical order
     ignored: tuple[tuple[Path, str], ...] = ()  # files reported and skipped
+    # Agent files rejected before parsing (as root: insecure owner or mode),
+    # one "path: message" each; they are not in `agent_files`.
+    errors: tuple[str, ...] = ()

@@ -1,0 +1,428 @@
+"""Load the drop-in directory: list, check, parse, merge and validate.
+
+Each TOML file is parsed on its own, its relative paths are resolved
+against its own folder, and the origin of every key is remembered, so that
+an error in the merged result still names the file that set the value. The
+files are then merged in lexical order (tables key by key, later files win)
+and the merged tree is validated in one pass that collects every error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+import tomllib
+from collections.abc import Iterator
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from fleetd.config.model import Config, DaemonSettings, WorkflowSettings
+from fleetd.config.schema import (
+    DAEMON_KEYS,
+    GLOBAL_NAME_PATTERN,
+    NAME_PATTERN,
+    WORKFLOW_ARGV_KEYS,
+    WORKFLOW_DEFAULTS,
+    WORKFLOW_KEYS,
+    WORKFLOW_KINDS,
+    WORKFLOW_PATH_KEYS,
+    convert_value,
+)
+from fleetd.config.state import default_state_url, resolve_state_url
+
+DEFAULT_CONF_DIR = Path("/etc/fleetd/conf.d")
+TOP_LEVEL_TABLES = ("daemon", "globals", "workflows")
+_LEFTOVER_SUFFIXES = ("~", ".swp", ".rpmnew", ".rpmsave")
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+KeyPath = tuple[str, ...]
+
+
+class ConfigError(Exception):
+    """The drop-in directory is invalid; `errors` lists every problem found.
+
+    Each error names the file, the key and the expected form.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def default_conf_dir() -> Path:
+    """Return `$FLEETD_CONF_DIR`, else `/etc/fleetd/conf.d`."""
+    return Path(os.environ.get("FLEETD_CONF_DIR") or DEFAULT_CONF_DIR)
+
+
+def load_config(conf_dir: str | Path) -> Config:
+    """Load and validate the drop-in directory `conf_dir`.
+
+    Raises ConfigError listing every error of every TOML file. An agent
+    file rejected by the ownership and mode checks made as root is left
+    out of `agent_files` and listed in `errors`; the other agents load.
+    """
+    directory = Path(conf_dir).absolute()
+    errors: list[str] = []
+    if not directory.is_dir():
+        raise ConfigError([f"{directory}: conf dir not found or not a directory"])
+    as_root = os.geteuid() == 0
+    if as_root:
+        errors.extend(_insecure(directory))
+
+    toml_files, agent_files, ignored = _list_drop_ins(directory)
+    agent_errors: list[str] = []
+    accepted_agents: list[Path] = []
+    for path in agent_files:
+        problems = _insecure(path) if as_root else []
+        if problems:
+            agent_errors.extend(problems)
+        else:
+            accepted_agents.append(path)
+
+    merged: dict[str, Any] = {}
+    origins: dict[KeyPath, Path] = {}
+    for path in toml_files:
+        if as_root:
+            problems = _insecure(path)
+            if problems:
+                errors.extend(problems)
+                continue
+        table = _read_toml(path, errors)
+        if table is None:
+            continue
+        _resolve_paths(table, path, directory, errors)
+        _merge(merged, table, (), path, origins)
+
+    config = _validate(merged, origins, directory, errors)
+    if errors:
+        raise ConfigError(errors)
+    assert config is not None
+
+    return Config(
+        conf_dir=config.conf_dir,
+        daemon=config.daemon,
+        globals=config.globals,
+        workflows=config.workflows,
+        agent_files=tuple(accepted_agents),
+        ignored=tuple(ignored),
+        errors=tuple(agent_errors),
+    )
+
+
+# -- listing and file checks -------------------------------------------------
+
+
+def _list_drop_ins(
+    directory: Path,
+) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
+    toml_files: list[Path] = []
+    agent_files: list[Path] = []
+    ignored: list[tuple[Path, str]] = []
+    for name in sorted(os.listdir(directory)):
+        path = directory / name
+        if _is_leftover(name):
+            continue
+        if not path.is_file():
+            ignored.append((path, "not a regular file"))
+        elif name.endswith(".toml"):
+            toml_files.append(path)
+        elif name.endswith(".agent"):
+            agent_files.append(path)
+        else:
+            ignored.append((path, "neither *.toml nor *.agent"))
+
+    return toml_files, agent_files, ignored
+
+
+def _is_leftover(name: str) -> bool:
+    """Whether `name` is hidden, or an editor or package manager leftover."""
+    return name.startswith(".") or name.endswith(_LEFTOVER_SUFFIXES) or ".dpkg-" in name
+
+
+def _insecure(path: Path) -> list[str]:
+    """List why root must not trust `path`, as sshd's StrictModes does."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        return [f"{path}: cannot read: {error.strerror}"]
+    problems = []
+    if info.st_uid != 0:
+        problems.append(
+            f"{path}: owned by uid {info.st_uid}, expected root when fleetd runs "
+            f"as root; run chown root {path}"
+        )
+    if info.st_mode & 0o022:
+        mode = stat.S_IMODE(info.st_mode)
+        problems.append(
+            f"{path}: group- or world-writable (mode {mode:04o}), expected no write "
+            f"bit for group and others when fleetd runs as root; run chmod go-w {path}"
+        )
+
+    return problems
+
+
+def _read_toml(path: Path, errors: list[str]) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as stream:
+            return tomllib.load(stream)
+    except OSError as error:
+        errors.append(f"{path}: cannot read: {error.strerror}")
+    except UnicodeDecodeError as error:
+        errors.append(f"{path}: invalid TOML: not UTF-8 text ({error.reason})")
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        position = _TOML_POSITION.search(message)
+        if position:
+            line, column = position.groups()
+            message = message[: position.start()]
+            errors.append(f"{path}:{line}:{column}: invalid TOML: {message}")
+        else:
+            errors.append(f"{path}: invalid TOML: {message}")
+
+    return None
+
+
+# -- per-file path resolution and merging ------------------------------------
+
+
+def _resolve_paths(
+    table: dict[str, Any], path: Path, conf_dir: Path, errors: list[str]
+) -> None:
+    """Make the relative paths of one file absolute, against its folder."""
+    base = path.parent
+    daemon = table.get("daemon")
+    if isinstance(daemon, dict):
+        state = daemon.get("state")
+        if isinstance(state, str) and state:
+            try:
+                daemon["state"] = resolve_state_url(state, base)
+            except ValueError as error:
+                errors.append(f"{path}: daemon.state: {error}")
+        for key in ("safe_path", "plugin_dirs"):
+            value = daemon.get(key)
+            if isinstance(value, list):
+                daemon[key] = [_absolute(item, conf_dir) for item in value]
+
+    workflows = table.get("workflows")
+    if not isinstance(workflows, dict):
+        return
+    for settings in workflows.values():
+        if not isinstance(settings, dict):
+            continue
+        for key in ("path",):
+            if isinstance(settings.get(key), str) and settings[key]:
+                settings[key] = _absolute(settings[key], base)
+        for key in WORKFLOW_ARGV_KEYS:
+            words = settings.get(key)
+            if isinstance(words, str):
+                try:
+                    words = settings[key] = shlex.split(words)
+                except ValueError as error:
+                    errors.append(f"{path}: {key}: invalid command line: {error}")
+                    continue
+            if isinstance(words, list) and words and isinstance(words[0], str):
+                if "/" in words[0]:
+                    words[0] = _absolute(words[0], base)
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    return os.path.normpath(base / Path(value).expanduser())
+
+
+def _merge(
+    target: dict[str, Any],
+    source: dict[str, Any],
+    prefix: KeyPath,
+    path: Path,
+    origins: dict[KeyPath, Path],
+) -> None:
+    """Merge `source` into `target`: tables key by key, later values win."""
+    for key, value in source.items():
+        key_path = prefix + (key,)
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            origins.setdefault(key_path, path)
+            _merge(target[key], value, key_path, path, origins)
+            continue
+        for stale in [known for known in origins if known[: len(key_path)] == key_path]:
+            del origins[stale]
+        target[key] = value
+        origins[key_path] = path
+        if isinstance(value, dict):
+            _record_origins(value, key_path, path, origins)
+
+
+def _record_origins(
+    table: dict[str, Any], prefix: KeyPath, path: Path, origins: dict[KeyPath, Path]
+) -> None:
+    for key, value in table.items():
+        origins[prefix + (key,)] = path
+        if isinstance(value, dict):
+            _record_origins(value, prefix + (key,), path, origins)
+
+
+# -- validation of the merged tree -------------------------------------------
+
+
+def _validate(
+    merged: dict[str, Any],
+    origins: dict[KeyPath, Path],
+    conf_dir: Path,
+    errors: list[str],
+) -> Config | None:
+    def where(*key_path: str) -> str:
+        origin = origins.get(key_path) or conf_dir
+        return f"{origin}: {'.'.join(key_path)}"
+
+    for name, value in merged.items():
+        if name not in TOP_LEVEL_TABLES:
+            errors.append(
+                f"{where(name)}: unknown key, expected one of the tables "
+                f"[daemon], [globals], [workflows.NAME]"
+            )
+        elif not isinstance(value, dict):
+            errors.append(f"{where(name)}: expected a table [{name}]")
+
+    daemon = _validate_daemon(_table(merged, "daemon"), where, errors)
+    global_values = _validate_globals(_table(merged, "globals"), where, errors)
+    workflows = _validate_workflows(_table(merged, "workflows"), where, errors)
+    if errors:
+        return None
+
+    return Config(
+        conf_dir=conf_dir, daemon=daemon, globals=global_values, workflows=workflows
+    )
+
+
+def _table(merged: dict[str, Any], name: str) -> dict[str, Any]:
+    value = merged.get(name, {})
+    return value if isinstance(value, dict) else {}
+
+
+def _validate_daemon(
+    table: dict[str, Any], where: Any, errors: list[str]
+) -> DaemonSettings:
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        spec = DAEMON_KEYS.get(key)
+        if spec is None:
+            errors.append(
+                f"{where('daemon', key)}: unknown key, expected one of "
+                + ", ".join(DAEMON_KEYS)
+            )
+            continue
+        try:
+            values[key] = convert_value(spec, value)
+        except ValueError as error:
+            errors.append(f"{where('daemon', key)}: {error}")
+    if values.get("lease") == 0:
+        errors.append(f"{where('daemon', 'lease')}: expected a duration above 0")
+    values.setdefault("state", default_state_url())
+
+    return DaemonSettings(**values)
+
+
+def _validate_globals(
+    table: dict[str, Any], where: Any, errors: list[str]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        if not GLOBAL_NAME_PATTERN.fullmatch(name) or name == "this":
+            errors.append(
+                f"{where('globals', name)}: invalid variable name, expected letters, "
+                "digits and _ not starting with a digit, and not `this`"
+            )
+            continue
+        values[name] = _agent_value(value)
+
+    return values
+
+
+def _agent_value(value: Any) -> Any:
+    """Convert a TOML value to an agent language value.
+
+    Booleans become Perl truth values (1 and ""), dates and times their
+    ISO 8601 text.
+    """
+    if isinstance(value, bool):
+        return 1 if value else ""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_agent_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _agent_value(item) for key, item in value.items()}
+
+    return value
+
+
+def _validate_workflows(
+    table: dict[str, Any], where: Any, errors: list[str]
+) -> dict[str, WorkflowSettings]:
+    workflows: dict[str, WorkflowSettings] = {}
+    for name, settings in table.items():
+        if not NAME_PATTERN.fullmatch(name) or name == "Null":
+            errors.append(
+                f"{where('workflows', name)}: invalid workflow name, expected "
+                "letters, digits, _ and - (Null is built in)"
+            )
+            continue
+        if not isinstance(settings, dict):
+            errors.append(f"{where('workflows', name)}: expected a table")
+            continue
+        workflow = _validate_workflow(name, settings, where, errors)
+        if workflow is not None:
+            workflows[name] = workflow
+
+    return workflows
+
+
+def _validate_workflow(
+    name: str, settings: dict[str, Any], where: Any, errors: list[str]
+) -> WorkflowSettings | None:
+    kinds = " | ".join(WORKFLOW_KINDS)
+    kind = settings.get("kind")
+    if kind is None:
+        errors.append(f"{where('workflows', name)}: missing key kind, expected {kinds}")
+        return None
+    if kind not in WORKFLOW_KINDS:
+        errors.append(
+            f"{where('workflows', name, 'kind')}: expected {kinds}, got {kind!r}"
+        )
+        return None
+
+    keys = WORKFLOW_KEYS[kind]
+    options: dict[str, Any] = dict(WORKFLOW_DEFAULTS[kind])
+    for key, value in settings.items():
+        if key == "kind":
+            continue
+        spec = keys.get(key)
+        if spec is None:
+            errors.append(
+                f"{where('workflows', name, key)}: unknown key for kind {kind}, "
+                "expected one of " + ", ".join(keys)
+            )
+            continue
+        try:
+            options[key] = convert_value(spec, value)
+        except ValueError as error:
+            errors.append(f"{where('workflows', name, key)}: {error}")
+    for key, spec in keys.items():
+        if spec.required and key not in settings:
+            errors.append(
+                f"{where('workflows', name)}: missing key {key}, expected {spec.form}"
+            )
+    for key in WORKFLOW_PATH_KEYS.get(kind, ()):
+        if key in options:
+            options[key] = os.path.normpath(options[key])
+
+    return WorkflowSettings(name=name, kind=kind, options=options)
+
+
+def iter_toml_files(conf_dir: Path) -> Iterator[Path]:
+    """Yield the TOML drop-ins of `conf_dir` in the order they merge."""
+    yield from _list_drop_ins(conf_dir)[0]
