@@ -1,0 +1,389 @@
+"""The lock manager: transactions over a state store, with leases and fencing.
+
+A run takes its lock with `LockManager.begin`, which returns a
+`Transaction`. The transaction holds the staged `this.*` changes and the
+hooks that commands register, and it ends in exactly one resolution:
+commit, rollback or commit with error. The resolution is written with the
+grant's fencing token; the store rejects it (`LeaseLost`) when the token is
+no longer the lock's, and then nothing is written.
+
+While the manager is entered, one background task renews the leases of all
+held locks every `lease / 3` seconds, in one store write. A lease that the
+store no longer renews (expired, or recovered by another process) sets
+`Transaction.lost`; that run cannot commit any more.
+
+Hooks run only after the resolution is durable. A hook that raises is
+logged and changes nothing, because the resolution is already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import structlog
+
+from fleetd.locks.base import (
+    Grant,
+    InTransaction,
+    LeaseLost,
+    LockInfo,
+    LockKey,
+    LockRefused,
+    Owner,
+    Resolution,
+    StateStore,
+)
+from fleetd.locks.owner import owner_alive
+
+log = structlog.get_logger()
+
+Hook = Callable[[], Awaitable[None] | None]
+Apply = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: Reason written for a lock whose owner died or whose lease expired.
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class LockManagerStatistics:
+    """Counters of one lock manager, for `status` and the daemon's STATUS."""
+
+    held: int  # locks held now
+    renewals: int  # leases renewed since start
+    lost: int  # leases found lost, by renewal or at resolution
+    granted: int  # locks granted since start
+    refused: int  # begin() calls refused with Locked or Done
+    recovered: int  # abandoned locks this manager resolved as interrupted
+
+
+class Transaction:
+    """One held lock, from `begin` to its resolution."""
+
+    def __init__(
+        self,
+        manager: LockManager,
+        grant: Grant,
+        *,
+        agent: str,
+        run_id: str,
+        check_mark: bool,
+    ) -> None:
+        self.key: LockKey = grant.key
+        self.grant = grant
+        self.agent = agent
+        self.run_id = run_id
+        self.check_mark = check_mark
+        self.staged: dict[str, Any] = {}
+        self.lost = False
+        self.resolution: Resolution | None = None
+        self._manager = manager
+        self._hooks: dict[Resolution, list[Hook]] = {r: [] for r in Resolution}
+        self._log = log.bind(
+            workflow=self.key.workflow,
+            record=self.key.record,
+            mnemonic=self.key.mnemonic,
+            agent=agent,
+            run_id=run_id,
+        )
+
+    def stage(self, field: str, value: Any) -> None:
+        """Stage `this.<field> = value`, written only by a commit."""
+        self.staged[field] = value
+
+    def on_commit(self, hook: Hook) -> None:
+        """Run `hook` after a commit is durable."""
+        self._hooks[Resolution.COMMIT].append(hook)
+
+    def on_rollback(self, hook: Hook) -> None:
+        """Run `hook` after a rollback is durable."""
+        self._hooks[Resolution.ROLLBACK].append(hook)
+
+    def on_error(self, hook: Hook) -> None:
+        """Run `hook` after a commit with error is durable."""
+        self._hooks[Resolution.ERROR].append(hook)
+
+    async def commit(
+        self,
+        apply: Apply | None = None,
+        *,
+        reason: str | None = None,
+        in_transaction: InTransaction | None = None,
+    ) -> None:
+        """Apply the staged changes, mark the record committed, release the lock.
+
+        `apply(staged)` runs first, when changes are staged; if it raises,
+        nothing is resolved and the exception propagates, so the caller can
+        resolve otherwise. `in_transaction(connection)` runs inside the
+        store's resolution transaction instead (a workflow that shares the
+        store's database). Raises `LeaseLost` when the lock is no longer
+        this transaction's: then nothing is written.
+        """
+        await self._resolve(Resolution.COMMIT, apply, reason, in_transaction)
+
+    async def rollback(self, *, reason: str | None = None) -> None:
+        """Drop the staged changes and release the lock; the record stays eligible."""
+        await self._resolve(Resolution.ROLLBACK, None, reason, None)
+
+    async def commit_with_error(
+        self,
+        apply: Apply | None = None,
+        *,
+        reason: str | None = None,
+        in_transaction: InTransaction | None = None,
+    ) -> None:
+        """Apply the staged changes and mark the record in error.
+
+        A failing `apply` is logged and added to the reason; the record is
+        marked in error all the same.
+        """
+        await self._resolve(Resolution.ERROR, apply, reason, in_transaction)
+
+    async def _resolve(
+        self,
+        resolution: Resolution,
+        apply: Apply | None,
+        reason: str | None,
+        in_transaction: InTransaction | None,
+    ) -> None:
+        if self.resolution is not None:
+            raise RuntimeError(
+                f"transaction of {self.key.record!r} is already resolved"
+                f" ({self.resolution.value})"
+            )
+        store = self._manager.store
+        try:
+            if self.lost:
+                raise LeaseLost(f"lease on {self.key.record!r} was lost")
+            if resolution is not Resolution.ROLLBACK:
+                await store.validate(self.grant)
+                if self.staged and apply is not None:
+                    reason = await self._apply(resolution, apply, reason)
+            await store.resolve(
+                self.grant,
+                resolution,
+                agent=self.agent,
+                run_id=self.run_id,
+                reason=reason,
+                mark=resolution is not Resolution.ROLLBACK,
+                in_transaction=in_transaction,
+            )
+        except LeaseLost as error:
+            self._reject(resolution, error)
+            raise
+        self.resolution = resolution
+        self._manager._release(self)
+        self._log.debug("lock_resolved", resolution=resolution.value, reason=reason)
+        await self._run_hooks(resolution)
+
+    async def _apply(
+        self, resolution: Resolution, apply: Apply, reason: str | None
+    ) -> str | None:
+        if resolution is Resolution.COMMIT:
+            await apply(dict(self.staged))
+            return reason
+        try:
+            await apply(dict(self.staged))
+        except Exception as error:  # noqa: BLE001 - the record is marked in error
+            self._log.error("apply_failed", error=repr(error))
+            failure = f"applying staged changes failed: {error}"
+            return f"{reason}; {failure}" if reason else failure
+
+        return reason
+
+    def _reject(self, resolution: Resolution, error: LeaseLost) -> None:
+        if not self.lost:
+            self.lost = True
+            self._manager._lost += 1
+        self._manager._release(self)
+        self._log.error(
+            "resolution_rejected",
+            resolution=resolution.value,
+            token=self.grant.token,
+            error=str(error),
+        )
+
+    async def _run_hooks(self, resolution: Resolution) -> None:
+        for hook in self._hooks[resolution]:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as error:  # noqa: BLE001 - a hook never changes the resolution
+                self._log.error(
+                    "hook_failed",
+                    resolution=resolution.value,
+                    hook=getattr(hook, "__qualname__", repr(hook)),
+                    error=repr(error),
+                )
+
+
+class LockManager:
+    """Grants transactions on a state store and keeps their leases alive.
+
+    Use as an async context manager: entering starts the lease renewal
+    task and leaving stops it. Held locks are not resolved on exit; a lock
+    left held expires and is recovered as interrupted.
+
+    Example::
+
+        async with LockManager(store, current_owner(), lease=60) as locks:
+            transaction = await locks.begin(key, agent="a", run_id="r1",
+                                            check_mark=True)
+            transaction.stage("state", "done")
+            await transaction.commit(workflow_apply)
+    """
+
+    def __init__(self, store: StateStore, owner: Owner, *, lease: float) -> None:
+        if lease <= 0:
+            raise ValueError("lease must be > 0 seconds")
+        self.store = store
+        self.owner = owner
+        self.lease = lease
+        self._held: dict[int, Transaction] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._renewals = 0
+        self._lost = 0
+        self._granted = 0
+        self._refused = 0
+        self._recovered = 0
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._renew_forever)
+
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._task_group is not None:
+            task_group, self._task_group = self._task_group, None
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+
+    async def begin(
+        self, key: LockKey, *, agent: str, run_id: str, check_mark: bool
+    ) -> Transaction:
+        """Take the lock on `key`; raise `Locked` or `Done` when refused.
+
+        `check_mark=False` (the Null workflow's record, which has no
+        identity) grants the lock even when a mark exists.
+        """
+        try:
+            grant = await self.store.acquire(
+                key, self.owner, agent, run_id, self.lease, check_mark=check_mark
+            )
+        except LockRefused:
+            self._refused += 1
+            raise
+        transaction = Transaction(
+            self, grant, agent=agent, run_id=run_id, check_mark=check_mark
+        )
+        self._held[grant.token] = transaction
+        self._granted += 1
+
+        return transaction
+
+    async def recover_abandoned(self, workflow: str | None = None) -> list[LockInfo]:
+        """Resolve abandoned locks as error with reason "interrupted".
+
+        A lock is abandoned when its lease expired, or when its owner ran on
+        this host and that process is gone (or its pid now belongs to
+        another process). Only locks of `workflow` are considered when it is
+        given. Returns the locks that this call resolved; another process
+        that got there first resolved (and reports) the rest.
+        """
+        found = await self.store.abandoned(self.owner.host, owner_alive)
+        if workflow is not None:
+            found = [lock for lock in found if lock.key.workflow == workflow]
+        if not found:
+            return []
+        results = await asyncio.gather(
+            *(self.store.resolve_abandoned(lock, INTERRUPTED) for lock in found),
+            return_exceptions=True,
+        )
+        recovered = []
+        for lock, result in zip(found, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error(
+                    "lock_recovery_failed",
+                    workflow=lock.key.workflow,
+                    record=lock.key.record,
+                    mnemonic=lock.key.mnemonic,
+                    error=repr(result),
+                )
+            elif result:
+                recovered.append(lock)
+                log.warning(
+                    "lock_recovered",
+                    workflow=lock.key.workflow,
+                    record=lock.key.record,
+                    mnemonic=lock.key.mnemonic,
+                    agent=lock.agent,
+                    run_id=lock.run_id,
+                    owner=str(lock.owner),
+                    reason=INTERRUPTED,
+                )
+        self._recovered += len(recovered)
+
+        return recovered
+
+    async def renew(self) -> None:
+        """Renew every held lease now, in one store write.
+
+        A lease the store did not renew is lost: its transaction's `lost`
+        is set. A store error is logged and the next renewal tries again.
+        """
+        transactions = [t for t in self._held.values() if not t.lost]
+        if not transactions:
+            return
+        try:
+            renewed = await self.store.renew(
+                [t.grant for t in transactions], self.owner, self.lease
+            )
+        except Exception as error:  # noqa: BLE001 - retried at the next interval
+            log.warning(
+                "lease_renewal_failed", held=len(transactions), error=repr(error)
+            )
+            return
+        by_token = {grant.token: grant for grant in renewed}
+        self._renewals += len(renewed)
+        for transaction in transactions:
+            grant = by_token.get(transaction.grant.token)
+            if grant is not None:
+                transaction.grant = grant
+            elif transaction.resolution is None and not transaction.lost:
+                if transaction.grant.token not in self._held:
+                    continue  # resolved while the renewal ran
+                transaction.lost = True
+                self._lost += 1
+                transaction._log.error("lease_lost", token=transaction.grant.token)
+
+    def statistics(self) -> LockManagerStatistics:
+        return LockManagerStatistics(
+            held=len(self._held),
+            renewals=self._renewals,
+            lost=self._lost,
+            granted=self._granted,
+            refused=self._refused,
+            recovered=self._recovered,
+        )
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.lease / 3)
+            await self.renew()
+
+    def _release(self, transaction: Transaction) -> None:
+        self._held.pop(transaction.grant.token, None)

@@ -1,0 +1,511 @@
+"""The embedded state store: one SQLite file, shared by the processes of a host.
+
+Writes go through `BatchWriter` (one thread, group commit, WAL with
+`synchronous=FULL`), so a write is durable when its coroutine returns and
+the runs that resolve together share one fsync. Reads run on a second
+connection in a reader thread. Lease times come from this host's clock,
+which every process sharing the file also uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from fleetd.locks.backoff import retry_delay
+from fleetd.locks.base import (
+    Done,
+    Grant,
+    HistoryEntry,
+    InTransaction,
+    LeaseLost,
+    Locked,
+    LockInfo,
+    LockKey,
+    Mark,
+    Owner,
+    Resolution,
+)
+from fleetd.locks.common import (
+    HISTORY_COLUMNS,
+    LOCK_COLUMNS,
+    MARK_COLUMNS,
+    SCHEMA_VERSION,
+    SchemaError,
+    await_detached,
+    lock_from_row,
+)
+from fleetd.locks.sqlite_writer import BatchWriter, connect, is_transient
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# Each migration brings the schema from the version before it to its own.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE tokens (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            value INTEGER NOT NULL)""",
+        "INSERT INTO tokens (id, value) VALUES (1, 0)",
+        """CREATE TABLE locks (
+            workflow TEXT NOT NULL, record TEXT NOT NULL, mnemonic TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            owner_host TEXT NOT NULL, owner_pid INTEGER NOT NULL,
+            owner_started INTEGER NOT NULL, owner_instance TEXT NOT NULL,
+            token INTEGER NOT NULL, since REAL NOT NULL, expires REAL NOT NULL,
+            run_id TEXT NOT NULL,
+            PRIMARY KEY (workflow, record, mnemonic))""",
+        """CREATE TABLE marks (
+            workflow TEXT NOT NULL, record TEXT NOT NULL, mnemonic TEXT NOT NULL,
+            agent TEXT NOT NULL, resolution TEXT NOT NULL, reason TEXT,
+            at REAL NOT NULL,
+            PRIMARY KEY (workflow, record, mnemonic))""",
+        """CREATE TABLE history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            workflow TEXT NOT NULL, record TEXT NOT NULL, mnemonic TEXT NOT NULL,
+            agent TEXT NOT NULL, resolution TEXT NOT NULL, reason TEXT,
+            run_id TEXT NOT NULL, owner TEXT NOT NULL, token INTEGER NOT NULL,
+            started REAL NOT NULL, at REAL NOT NULL)""",
+        "CREATE INDEX history_by_record ON history (record, workflow)",
+    ),
+}
+assert max(MIGRATIONS) == SCHEMA_VERSION
+
+KEY_WHERE = "workflow = ? AND record = ? AND mnemonic = ?"
+
+
+def _key(key: LockKey) -> tuple[str, str, str]:
+    return (key.workflow, key.record, key.mnemonic)
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Create or upgrade the schema inside the open transaction; return its version."""
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+    )
+    row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+    version = row[0] or 0
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"state database schema version {version} is newer than this"
+            f" fleetd supports ({SCHEMA_VERSION}); upgrade fleetd"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[target]:
+            connection.execute(statement)
+        connection.execute("DELETE FROM schema_version")
+        connection.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+        log.info("state_store_migrated", version=target)
+
+    return SCHEMA_VERSION
+
+
+class SQLiteStore:
+    """State store in one SQLite file; see the module docstring."""
+
+    def __init__(
+        self, path: str | Path, *, url: str | None = None, busy_timeout: float = 5.0
+    ) -> None:
+        self.path = str(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self.busy_timeout = busy_timeout
+        self._writer = BatchWriter(self.path, busy_timeout=busy_timeout)
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_connection: sqlite3.Connection | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    async def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="fleetd-sqlite-reader")
+        self._writer.start()
+        try:
+            await self._writer.submit(migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._writer.stop()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
+            reader.shutdown(wait=True)
+
+    def statistics(self) -> Any:
+        return self._writer.statistics()
+
+    # Locks
+
+    async def acquire(
+        self,
+        key: LockKey,
+        owner: Owner,
+        agent: str,
+        run_id: str,
+        lease: float,
+        *,
+        check_mark: bool,
+    ) -> Grant:
+        def operation(connection: sqlite3.Connection) -> Grant:
+            if check_mark:
+                row = connection.execute(
+                    f"SELECT {MARK_COLUMNS} FROM marks WHERE {KEY_WHERE}", _key(key)
+                ).fetchone()
+                if row is not None:
+                    raise Done(_mark_from_row(row))
+            row = connection.execute(
+                f"SELECT {LOCK_COLUMNS} FROM locks WHERE {KEY_WHERE}", _key(key)
+            ).fetchone()
+            if row is not None:
+                raise Locked(lock_from_row(row))
+            token = connection.execute(
+                "UPDATE tokens SET value = value + 1 WHERE id = 1 RETURNING value"
+            ).fetchone()[0]
+            now = time.time()
+            connection.execute(
+                f"INSERT INTO locks ({LOCK_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *_key(key),
+                    agent,
+                    owner.host,
+                    owner.pid,
+                    owner.started,
+                    owner.instance,
+                    token,
+                    now,
+                    now + lease,
+                    run_id,
+                ),
+            )
+
+            return Grant(key=key, token=token, expires=now + lease)
+
+        return await await_detached(
+            self._writer.submit(operation), self._tasks, self._release_orphan
+        )
+
+    def _release_orphan(self, grant: Grant) -> None:
+        # The caller was cancelled after its lock was granted: drop the lock
+        # without a resolution, as if it had never been taken.
+        def operation(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                f"DELETE FROM locks WHERE {KEY_WHERE} AND token = ?",
+                (*_key(grant.key), grant.token),
+            )
+
+        log.info(
+            "lock_released_after_cancel",
+            record=grant.key.record,
+            mnemonic=grant.key.mnemonic,
+            token=grant.token,
+        )
+        self._keep(self._writer.submit(operation))
+
+    def _keep(self, future: asyncio.Future[Any]) -> None:
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+
+    async def renew(
+        self, grants: list[Grant], owner: Owner, lease: float
+    ) -> list[Grant]:
+        def operation(connection: sqlite3.Connection) -> list[Grant]:
+            now = time.time()
+            renewed = []
+            for grant in grants:
+                cursor = connection.execute(
+                    f"UPDATE locks SET expires = ? WHERE {KEY_WHERE}"
+                    " AND token = ? AND expires >= ?",
+                    (now + lease, *_key(grant.key), grant.token, now),
+                )
+                if cursor.rowcount == 1:
+                    renewed.append(Grant(grant.key, grant.token, now + lease))
+
+            return renewed
+
+        return await self._writer.submit(operation)
+
+    async def resolve(
+        self,
+        grant: Grant,
+        resolution: Resolution,
+        *,
+        agent: str,
+        run_id: str,
+        reason: str | None,
+        mark: bool,
+        in_transaction: InTransaction | None = None,
+    ) -> None:
+        if in_transaction is not None:
+            raise ValueError(
+                "in_transaction must be None for the SQLite state store:"
+                " its transactions run in a thread, not on the event loop"
+            )
+
+        def operation(connection: sqlite3.Connection) -> None:
+            now = time.time()
+            row = connection.execute(
+                f"SELECT {LOCK_COLUMNS} FROM locks WHERE {KEY_WHERE}", _key(grant.key)
+            ).fetchone()
+            if row is None or row[8] != grant.token or row[10] < now:
+                raise LeaseLost(_lease_lost_message(grant, row, now))
+            _write_resolution(
+                connection,
+                lock_from_row(row),
+                resolution,
+                agent,
+                run_id,
+                reason,
+                mark,
+                now,
+            )
+
+        await await_detached(self._writer.submit(operation), self._tasks)
+
+    async def validate(self, grant: Grant) -> None:
+        def read(connection: sqlite3.Connection) -> None:
+            row = connection.execute(
+                f"SELECT {LOCK_COLUMNS} FROM locks WHERE {KEY_WHERE}", _key(grant.key)
+            ).fetchone()
+            now = time.time()
+            if row is None or row[8] != grant.token or row[10] < now:
+                raise LeaseLost(_lease_lost_message(grant, row, now))
+
+        await self._read(read)
+
+    async def abandoned(
+        self, host: str, alive: Callable[[Owner], bool]
+    ) -> list[LockInfo]:
+        def read(connection: sqlite3.Connection) -> list[tuple[LockInfo, bool]]:
+            now = time.time()
+            rows = connection.execute(
+                f"SELECT {LOCK_COLUMNS}, expires < ? FROM locks"
+                " WHERE expires < ? OR owner_host = ?",
+                (now, now, host),
+            ).fetchall()
+
+            return [(lock_from_row(row), bool(row[12])) for row in rows]
+
+        found = await self._read(read)
+
+        return [
+            lock
+            for lock, expired in found
+            if expired or (lock.owner.host == host and not alive(lock.owner))
+        ]
+
+    async def resolve_abandoned(self, lock: LockInfo, reason: str) -> bool:
+        def operation(connection: sqlite3.Connection) -> bool:
+            # The token and expiry must be those seen when the lock was found
+            # abandoned: a renewal in between means its owner lives.
+            row = connection.execute(
+                f"SELECT {LOCK_COLUMNS} FROM locks WHERE {KEY_WHERE}"
+                " AND token = ? AND expires = ?",
+                (*_key(lock.key), lock.token, lock.expires),
+            ).fetchone()
+            if row is None:
+                return False
+            _write_resolution(
+                connection,
+                lock,
+                Resolution.ERROR,
+                lock.agent,
+                lock.run_id,
+                reason,
+                True,
+                time.time(),
+            )
+
+            return True
+
+        return await await_detached(self._writer.submit(operation), self._tasks)
+
+    # Reports
+
+    async def locks(self) -> list[LockInfo]:
+        def read(connection: sqlite3.Connection) -> list[LockInfo]:
+            rows = connection.execute(
+                f"SELECT {LOCK_COLUMNS} FROM locks ORDER BY since, token"
+            ).fetchall()
+
+            return [lock_from_row(row) for row in rows]
+
+        return await self._read(read)
+
+    async def marks(self, *, errors_only: bool = False) -> list[Mark]:
+        def read(connection: sqlite3.Connection) -> list[Mark]:
+            where = " WHERE resolution = 'error'" if errors_only else ""
+            rows = connection.execute(
+                f"SELECT {MARK_COLUMNS} FROM marks{where} ORDER BY at"
+            ).fetchall()
+
+            return [_mark_from_row(row) for row in rows]
+
+        return await self._read(read)
+
+    async def history(
+        self, record: str, workflow: str | None = None
+    ) -> list[HistoryEntry]:
+        def read(connection: sqlite3.Connection) -> list[HistoryEntry]:
+            query = f"SELECT {HISTORY_COLUMNS} FROM history WHERE record = ?"
+            parameters: tuple[str, ...] = (record,)
+            if workflow is not None:
+                query += " AND workflow = ?"
+                parameters += (workflow,)
+            rows = connection.execute(
+                query + " ORDER BY at DESC, id DESC", parameters
+            ).fetchall()
+
+            return [_history_from_row(row) for row in rows]
+
+        return await self._read(read)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        def read(connection: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            counts: dict[str, dict[str, int]] = {}
+            for agent, resolution, count in connection.execute(
+                "SELECT agent, resolution, count(*) FROM history"
+                " GROUP BY agent, resolution"
+            ):
+                counts.setdefault(agent, {})[resolution] = count
+
+            return counts
+
+        return await self._read(read)
+
+    async def retry(self, mnemonic: str, records: list[str]) -> int:
+        def operation(connection: sqlite3.Connection) -> int:
+            cleared = 0
+            for record in records:
+                cleared += connection.execute(
+                    "DELETE FROM marks WHERE mnemonic = ? AND record = ?",
+                    (mnemonic, record),
+                ).rowcount
+
+            return cleared
+
+        return await self._writer.submit(operation)
+
+    # Reader thread
+
+    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            raise RuntimeError(f"state store {self.path} is not open")
+        loop = asyncio.get_running_loop()
+
+        return await loop.run_in_executor(self._reader, self._read_in_thread, read)
+
+    def _read_in_thread(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                if self._read_connection is None:
+                    self._read_connection = connect(self.path, self.busy_timeout)
+                return read(self._read_connection)
+            except sqlite3.Error as error:
+                attempt += 1
+                if not is_transient(error) or attempt > 20:
+                    raise
+                delay = retry_delay(attempt)
+                log.warning(
+                    "state_store_retry",
+                    store=self.path,
+                    attempt=attempt,
+                    delay_s=round(delay, 3),
+                    error=str(error),
+                )
+                time.sleep(delay)
+
+    def _close_reader(self) -> None:
+        if self._read_connection is not None:
+            self._read_connection.close()
+            self._read_connection = None
+
+
+def _write_resolution(
+    connection: sqlite3.Connection,
+    lock: LockInfo,
+    resolution: Resolution,
+    agent: str,
+    run_id: str,
+    reason: str | None,
+    mark: bool,
+    now: float,
+) -> None:
+    key = _key(lock.key)
+    connection.execute(f"DELETE FROM locks WHERE {KEY_WHERE}", key)
+    if mark:
+        connection.execute(
+            f"INSERT OR REPLACE INTO marks ({MARK_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*key, agent, resolution.value, reason, now),
+        )
+    connection.execute(
+        f"INSERT INTO history ({HISTORY_COLUMNS}, token)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            *key,
+            agent,
+            resolution.value,
+            reason,
+            run_id,
+            str(lock.owner),
+            lock.since,
+            now,
+            lock.token,
+        ),
+    )
+
+
+def _lease_lost_message(grant: Grant, row: Any, now: float) -> str:
+    record = f"{grant.key.workflow}/{grant.key.record}/{grant.key.mnemonic}"
+    if row is None:
+        return f"lock on {record} is no longer held (token {grant.token})"
+    if row[8] != grant.token:
+        return f"lock on {record} has token {row[8]}, not {grant.token}"
+
+    return f"lease on {record} expired {now - row[10]:.1f} s ago"
+
+
+def _mark_from_row(row: Any) -> Mark:
+    workflow, record, mnemonic, agent, resolution, reason, at = row
+
+    return Mark(
+        LockKey(workflow, record, mnemonic), agent, Resolution(resolution), reason, at
+    )
+
+
+def _history_from_row(row: Any) -> HistoryEntry:
+    (
+        workflow,
+        record,
+        mnemonic,
+        agent,
+        resolution,
+        reason,
+        run_id,
+        owner,
+        started,
+        at,
+    ) = row
+
+    return HistoryEntry(
+        LockKey(workflow, record, mnemonic),
+        agent,
+        Resolution(resolution),
+        reason,
+        run_id,
+        owner,
+        started,
+        at,
+    )

@@ -1,0 +1,75 @@
+"""A separate fleetd process for the lock tests: holds, commits or races.
+
+Usage: python child.py URL MODE [ARGS...]
+
+  hold RECORD        take the lock on RECORD, print "locked", sleep
+  commit RECORD      take the lock, commit, print "committed", sleep
+  race COUNT         begin/commit every record 0..COUNT-1, print the count
+                     this process committed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+from fleetd.locks import Done, LockKey, Locked, LockManager, current_owner, open_store
+
+WORKFLOW = "accounts"
+MNEMONIC = "mk"
+
+
+async def main(url: str, mode: str, argument: str) -> None:
+    store = open_store(url)
+    await store.open()
+    try:
+        async with LockManager(store, current_owner(), lease=30.0) as locks:
+            if mode == "hold":
+                await locks.begin(LockKey(WORKFLOW, argument, MNEMONIC), agent="a",
+                                  run_id=uuid.uuid4().hex, check_mark=True)
+                print("locked", flush=True)
+                await asyncio.sleep(3600)
+            elif mode == "commit":
+                transaction = await locks.begin(
+                    LockKey(WORKFLOW, argument, MNEMONIC), agent="a",
+                    run_id=uuid.uuid4().hex, check_mark=True)
+                await transaction.commit()
+                print("committed", flush=True)
+                await asyncio.sleep(3600)
+            elif mode == "race":
+                committed = await race(locks, int(argument))
+                print(committed, flush=True)
+    finally:
+        await store.close()
+
+
+async def race(locks: LockManager, count: int) -> int:
+    committed = 0
+
+    async def one(record: int) -> None:
+        nonlocal committed
+        key = LockKey(WORKFLOW, f"r{record:05d}", MNEMONIC)
+        try:
+            transaction = await locks.begin(key, agent="a", run_id=uuid.uuid4().hex,
+                                            check_mark=True)
+        except (Locked, Done):
+            return
+        transaction.stage("state", "done")
+        await transaction.commit()
+        committed += 1
+
+    # Eight runs at once, as a daemon's concurrency would have them.
+    semaphore = asyncio.Semaphore(8)
+
+    async def limited(record: int) -> None:
+        async with semaphore:
+            await one(record)
+
+    await asyncio.gather(*(limited(record) for record in range(count)))
+
+    return committed
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -1,0 +1,344 @@
+"""Lock manager over a real SQLite file: grants, resolutions, leases, hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from structlog.testing import capture_logs
+
+from fleetd.locks import (
+    Done,
+    LeaseLost,
+    Locked,
+    LockKey,
+    LockManager,
+    Owner,
+    Resolution,
+    current_owner,
+)
+from fleetd.locks.sqlite import SQLiteStore
+
+KEY = LockKey("accounts", "alice", "mk")
+
+
+def other_owner() -> Owner:
+    # The same live process under another daemon instance.
+    owner = current_owner()
+    return Owner(owner.host, owner.pid, "other-instance", owner.started)
+
+
+async def test_grant_then_locked(sqlite_store: SQLiteStore) -> None:
+    first = LockManager(sqlite_store, current_owner(), lease=30)
+    second = LockManager(sqlite_store, other_owner(), lease=30)
+    transaction = await first.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    with pytest.raises(Locked) as refused:
+        await second.begin(KEY, agent="a", run_id="r2", check_mark=True)
+    assert refused.value.holder.run_id == "r1"
+    assert refused.value.holder.token == transaction.grant.token
+    assert first.statistics().held == 1
+    assert second.statistics().refused == 1
+
+
+async def test_tokens_grow_with_every_grant(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    tokens = []
+    for _ in range(3):
+        transaction = await locks.begin(KEY, agent="a", run_id="r", check_mark=True)
+        tokens.append(transaction.grant.token)
+        await transaction.rollback()
+    assert tokens == sorted(set(tokens))
+
+
+@pytest.mark.parametrize("resolve", ["commit", "commit_with_error"])
+async def test_marked_record_is_done(sqlite_store: SQLiteStore, resolve: str) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    await getattr(transaction, resolve)(reason="why")
+    with pytest.raises(Done) as refused:
+        await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
+    expected = Resolution.COMMIT if resolve == "commit" else Resolution.ERROR
+    assert refused.value.mark.resolution is expected
+    assert str(refused.value) == ("committed" if resolve == "commit" else "in error")
+
+
+async def test_unchecked_mark_grants(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    null_key = LockKey("Null", "", "mk")
+    transaction = await locks.begin(null_key, agent="a", run_id="r1", check_mark=False)
+    await transaction.commit_with_error(reason="failed")
+    again = await locks.begin(null_key, agent="a", run_id="r2", check_mark=False)
+    await again.commit()
+    marks = await sqlite_store.marks()
+    assert [m.resolution for m in marks] == [Resolution.COMMIT]
+
+
+async def test_null_error_listed_in_marks(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    null_key = LockKey("Null", "", "mk")
+    transaction = await locks.begin(null_key, agent="a", run_id="r1", check_mark=False)
+    await transaction.commit_with_error(reason="cleanup failed")
+    errors = await sqlite_store.marks(errors_only=True)
+    assert [(m.key, m.reason) for m in errors] == [(null_key, "cleanup failed")]
+
+
+async def test_rollback_leaves_record_eligible(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    transaction.stage("state", "x")
+    applied: list[dict] = []
+
+    async def apply(changes: dict) -> None:
+        applied.append(changes)
+
+    await transaction.rollback(reason="run failed")
+    assert applied == []
+    assert await sqlite_store.marks() == []
+    again = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
+    await again.commit(apply)
+    assert applied == []  # nothing was staged in the second run
+
+
+async def test_history_newest_first(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    await transaction.rollback(reason="check failed")
+    transaction = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
+    await transaction.commit_with_error(reason="cleanup failed")
+    assert await sqlite_store.retry("mk", ["alice"]) == 1
+    transaction = await locks.begin(KEY, agent="a", run_id="r3", check_mark=True)
+    await transaction.commit()
+    history = await sqlite_store.history("alice")
+    assert [(h.run_id, h.resolution) for h in history] == [
+        ("r3", Resolution.COMMIT),
+        ("r2", Resolution.ERROR),
+        ("r1", Resolution.ROLLBACK),
+    ]
+    assert history[1].reason == "cleanup failed"
+    assert history[0].owner == str(current_owner())
+    assert await sqlite_store.counts() == {
+        "a": {"committed": 1, "error": 1, "rolled_back": 1}
+    }
+
+
+async def test_retry_clears_marks(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    for record in ("alice", "bob"):
+        transaction = await locks.begin(
+            LockKey("accounts", record, "mk"), agent="a", run_id="r", check_mark=True
+        )
+        await transaction.commit_with_error(reason="failed")
+    assert await sqlite_store.retry("other", ["alice"]) == 0
+    assert await sqlite_store.retry("mk", ["alice", "bob", "carol"]) == 2
+    assert await sqlite_store.marks() == []
+    transaction = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
+    assert transaction.grant.token > 0
+
+
+async def test_commit_applies_staged_changes(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    transaction.stage("state", "active")
+    transaction.stage("uid", 1001)
+    applied: list[dict] = []
+
+    async def apply(changes: dict) -> None:
+        applied.append(changes)
+
+    await transaction.commit(apply)
+    assert applied == [{"state": "active", "uid": 1001}]
+    assert transaction.resolution is Resolution.COMMIT
+    with pytest.raises(RuntimeError, match="already resolved"):
+        await transaction.rollback()
+
+
+async def test_failed_apply_leaves_transaction_open(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    transaction.stage("state", "active")
+
+    async def apply(changes: dict) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        await transaction.commit(apply)
+    assert transaction.resolution is None
+    assert await sqlite_store.history("alice") == []
+    await transaction.commit_with_error(apply, reason="commit failed")
+    [entry] = await sqlite_store.history("alice")
+    assert entry.resolution is Resolution.ERROR
+    assert entry.reason == "commit failed; applying staged changes failed: disk full"
+
+
+async def test_hooks_run_after_durable_resolution(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    calls: list[str] = []
+
+    async def first() -> None:
+        history = await sqlite_store.history("alice")
+        calls.append(f"first:{history[0].resolution.value}")
+
+    def failing() -> None:
+        calls.append("failing")
+        raise ValueError("hook broke")
+
+    transaction.on_commit(first)
+    transaction.on_commit(failing)
+    transaction.on_commit(lambda: calls.append("third"))
+    transaction.on_rollback(lambda: calls.append("rollback"))
+    transaction.on_error(lambda: calls.append("error"))
+    with capture_logs() as logs:
+        await transaction.commit()
+    assert calls == ["first:committed", "failing", "third"]
+    assert transaction.resolution is Resolution.COMMIT
+    failures = [e for e in logs if e["event"] == "hook_failed"]
+    assert len(failures) == 1
+    assert "hook broke" in failures[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("resolve", "expected"),
+    [("rollback", ["rollback"]), ("commit_with_error", ["error"])],
+)
+async def test_hooks_by_resolution(
+    sqlite_store: SQLiteStore, resolve: str, expected: list[str]
+) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    calls: list[str] = []
+    transaction.on_commit(lambda: calls.append("commit"))
+    transaction.on_rollback(lambda: calls.append("rollback"))
+    transaction.on_error(lambda: calls.append("error"))
+    await getattr(transaction, resolve)()
+    assert calls == expected
+
+
+async def test_expired_lease_cannot_commit(sqlite_store: SQLiteStore) -> None:
+    # The manager is not entered, so nothing renews the lease.
+    locks = LockManager(sqlite_store, current_owner(), lease=0.2)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    await asyncio.sleep(0.4)
+    with capture_logs() as logs:
+        with pytest.raises(LeaseLost):
+            await transaction.commit()
+    assert transaction.lost
+    assert await sqlite_store.history("alice") == []
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "resolution_rejected"
+    ]
+
+
+async def test_recovered_lock_fences_late_commit(sqlite_store: SQLiteStore) -> None:
+    holder = LockManager(sqlite_store, current_owner(), lease=0.2)
+    transaction = await holder.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    transaction.stage("state", "late")
+    applied: list[dict] = []
+
+    async def apply(changes: dict) -> None:
+        applied.append(changes)
+
+    await asyncio.sleep(0.4)
+    recoverer = LockManager(sqlite_store, other_owner(), lease=30)
+    recovered = await recoverer.recover_abandoned()
+    assert [lock.run_id for lock in recovered] == ["r1"]
+    with pytest.raises(LeaseLost):
+        await transaction.commit(apply)
+    with pytest.raises(LeaseLost):
+        await transaction.rollback()
+    assert applied == []
+    history = await sqlite_store.history("alice")
+    assert [(h.resolution, h.reason) for h in history] == [
+        (Resolution.ERROR, "interrupted")
+    ]
+    assert recoverer.statistics().recovered == 1
+    assert holder.statistics().lost == 1
+
+
+async def test_renewal_keeps_lease(sqlite_store: SQLiteStore) -> None:
+    async with LockManager(sqlite_store, current_owner(), lease=0.6) as locks:
+        transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+        first_expiry = transaction.grant.expires
+        await asyncio.sleep(1.5)
+        assert transaction.grant.expires > first_expiry
+        assert not transaction.lost
+        await transaction.commit()
+        assert locks.statistics().renewals >= 2
+        assert locks.statistics().held == 0
+
+
+async def test_renewal_detects_lost_lease(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    [held] = await sqlite_store.locks()
+    # Another process resolves the lock, as if it had found it abandoned.
+    assert await sqlite_store.resolve_abandoned(held, "interrupted")
+    await locks.renew()
+    assert transaction.lost
+    assert locks.statistics().lost == 1
+    with pytest.raises(LeaseLost):
+        await transaction.commit()
+
+
+async def test_live_owner_not_abandoned(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    assert await locks.recover_abandoned() == []
+    assert len(await sqlite_store.locks()) == 1
+
+
+async def test_reused_pid_is_abandoned(sqlite_store: SQLiteStore) -> None:
+    me = current_owner()
+    # This process's pid with another start time: a process that died and
+    # whose pid the kernel gave to this one.
+    ghost = Owner(me.host, os.getpid(), "ghost", me.started + 1)
+    await LockManager(sqlite_store, ghost, lease=30).begin(
+        KEY, agent="a", run_id="r1", check_mark=True
+    )
+    locks = LockManager(sqlite_store, me, lease=30)
+    assert [lock.owner.instance for lock in await locks.recover_abandoned()] == [
+        "ghost"
+    ]
+
+
+async def test_recover_abandoned_by_workflow(sqlite_store: SQLiteStore) -> None:
+    holder = LockManager(sqlite_store, current_owner(), lease=0.1)
+    await holder.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    await holder.begin(LockKey("other", "x", "mk"), agent="a", run_id="r2",
+                       check_mark=True)
+    await asyncio.sleep(0.3)
+    locks = LockManager(sqlite_store, other_owner(), lease=30)
+    assert [lock.run_id for lock in await locks.recover_abandoned("accounts")] == [
+        "r1"
+    ]
+    assert [lock.run_id for lock in await sqlite_store.locks()] == ["r2"]
+
+
+async def test_recovery_reported_once(sqlite_store: SQLiteStore) -> None:
+    holder = LockManager(sqlite_store, current_owner(), lease=0.1)
+    for record in range(10):
+        await holder.begin(LockKey("accounts", str(record), "mk"), agent="a",
+                           run_id=str(record), check_mark=True)
+    await asyncio.sleep(0.3)
+    managers = [LockManager(sqlite_store, other_owner(), lease=30) for _ in range(3)]
+    results = await asyncio.gather(*(m.recover_abandoned() for m in managers))
+    recovered = sorted(lock.run_id for result in results for lock in result)
+    assert recovered == sorted(str(record) for record in range(10))
+
+
+async def test_cancelled_begin_leaves_no_lock(sqlite_store: SQLiteStore) -> None:
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    task = asyncio.ensure_future(
+        locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    )
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if not await sqlite_store.locks():
+            break
+        await asyncio.sleep(0.02)
+    assert await sqlite_store.locks() == []
+    assert await sqlite_store.history("alice") == []
