@@ -223,9 +223,9 @@ def _resolve_paths(
                 except ValueError as error:
                     errors.append(f"{path}: {key}: invalid command line: {error}")
                     continue
-            if isinstance(words, list) and words and isinstance(words[0], str):
-                if "/" in words[0]:
-                    words[0] = _absolute(words[0], base)
+            is_argv = isinstance(words, list) and words and isinstance(words[0], str)
+            if is_argv and "/" in words[0]:
+                words[0] = _absolute(words[0], base)
 
 
 def _absolute(value: Any, base: Path) -> Any:

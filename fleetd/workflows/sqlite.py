@@ -1,0 +1,141 @@
+"""The `sqlite` workflow: rows of one table in an SQLite database file.
+
+Identifiers (table and column names) are quoted with SQLite's double-quote
+rule; values always travel as parameters. `where` is an SQL condition the
+operator wrote in the configuration and is used as written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from fleetd.workflows.base import Record
+from fleetd.workflows.errors import WorkflowError
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def quote_identifier(name: str) -> str:
+    """Quote `name` as an SQL identifier, doubling embedded quotes."""
+    if "\x00" in name:
+        raise WorkflowError(f"invalid identifier {name!r}: contains a NUL byte")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def column_value(value: Any) -> Any:
+    """Convert an agent value to an SQLite value: lists and dicts as JSON."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+class SqliteWorkflow:
+    """Records from the rows of `table` in the SQLite file `path`."""
+
+    kind = "sqlite"
+
+    def __init__(
+        self,
+        name: str,
+        path: str | Path,
+        table: str,
+        *,
+        id_column: str = "id",
+        where: str | None = None,
+    ) -> None:
+        self.name = name
+        self.path = Path(path)
+        self.table = table
+        self.id_column = id_column
+        self.where = where
+        # The id column's value as read, by record id, so that an UPDATE
+        # compares the value with its own type.
+        self._ids: dict[str, Any] = {}
+
+    async def records(self) -> list[Record]:
+        return await anyio.to_thread.run_sync(self._read_all)
+
+    async def commit(self, record: Record, changes: dict[str, Any]) -> None:
+        await anyio.to_thread.run_sync(self._update, record, changes)
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise WorkflowError(
+                f"sqlite workflow {self.name}: database {self.path} not found"
+            )
+        return sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+
+    def _read_all(self) -> list[Record]:
+        table = quote_identifier(self.table)
+        id_column = quote_identifier(self.id_column)
+        query = f"SELECT * FROM {table}"
+        if self.where:
+            query += f" WHERE {self.where}"
+        query += f" ORDER BY {id_column}"
+        connection = self._connect()
+        try:
+            connection.row_factory = sqlite3.Row
+            rows = connection.execute(query).fetchall()
+        except sqlite3.Error as error:
+            raise WorkflowError(
+                f"sqlite workflow {self.name}: cannot list {self.table} "
+                f"in {self.path}: {error}"
+            ) from error
+        finally:
+            connection.close()
+
+        records = []
+        ids: dict[str, Any] = {}
+        for number, row in enumerate(rows, 1):
+            fields = dict(row)
+            if self.id_column not in fields:
+                raise WorkflowError(
+                    f"sqlite workflow {self.name}: table {self.table} has no "
+                    f"column {self.id_column}"
+                )
+            raw_id = fields[self.id_column]
+            if raw_id is None:
+                records.append(
+                    Record(id=f"row {number}", invalid=f"{self.id_column} is NULL")
+                )
+                continue
+            record_id = str(raw_id)
+            ids[record_id] = raw_id
+            records.append(Record(id=record_id, fields=fields))
+        self._ids = ids
+
+        return records
+
+    def _update(self, record: Record, changes: dict[str, Any]) -> None:
+        if record.id is None:
+            raise WorkflowError(f"sqlite workflow {self.name}: a record without id")
+        if not changes:
+            return
+        assignments = ", ".join(f"{quote_identifier(column)} = ?" for column in changes)
+        statement = (
+            f"UPDATE {quote_identifier(self.table)} SET {assignments} "
+            f"WHERE {quote_identifier(self.id_column)} = ?"
+        )
+        parameters = [column_value(value) for value in changes.values()]
+        parameters.append(self._ids.get(record.id, record.id))
+        connection = self._connect()
+        try:
+            with connection:
+                cursor = connection.execute(statement, parameters)
+                if cursor.rowcount != 1:
+                    raise WorkflowError(
+                        f"sqlite workflow {self.name}: record {record.id}: "
+                        f"expected 1 row to update, found {cursor.rowcount}"
+                    )
+        except sqlite3.Error as error:
+            raise WorkflowError(
+                f"sqlite workflow {self.name}: record {record.id}: UPDATE failed: "
+                f"{error}"
+            ) from error
+        finally:
+            connection.close()

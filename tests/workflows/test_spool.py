@@ -1,0 +1,115 @@
+"""The spool workflow against real folders of JSON files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fleetd.config.model import WorkflowSettings
+from fleetd.workflows import Record, WorkflowError, open_workflow
+from fleetd.workflows.spool import SpoolWorkflow
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    return folder
+
+
+async def test_records_in_name_order(spool: Path) -> None:
+    (spool / "bob.json").write_text('{"status": "pending"}')
+    (spool / "alice.json").write_text('{"status": "approved", "n": 1}')
+    (spool / "notes.txt").write_text("ignored")
+    (spool / ".alice.json.1234.tmp").write_text("{")
+    records = await SpoolWorkflow("req", spool).records()
+    assert [r.id for r in records] == ["alice", "bob"]
+    assert records[0].fields == {"status": "approved", "n": 1}
+    assert records[0].invalid is None
+
+
+async def test_unreadable_records_are_invalid(spool: Path) -> None:
+    (spool / "broken.json").write_text('{"status": ')
+    (spool / "array.json").write_text("[1, 2]")
+    (spool / "latin.json").write_bytes(b'{"name": "\xe9"}')
+    (spool / "good.json").write_text("{}")
+    records = {r.id: r for r in await SpoolWorkflow("req", spool).records()}
+    assert records["broken"].invalid.startswith("invalid JSON: ")
+    assert records["array"].invalid == "expected a JSON object, got a JSON array"
+    assert records["latin"].invalid == "invalid JSON: not UTF-8 text"
+    assert records["good"].invalid is None
+
+
+async def test_symlink_outside_spool_invalid(spool: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "shadow.json"
+    secret.write_text('{"root": "x"}')
+    (spool / "evil.json").symlink_to(secret)
+    (spool / "real.json").write_text('{"a": 1}')
+    (spool / "alias.json").symlink_to(spool / "real.json")
+    (spool / "dangling.json").symlink_to(spool / "gone")
+    records = {r.id: r for r in await SpoolWorkflow("req", spool).records()}
+    assert records["evil"].invalid == "symlink pointing outside the spool"
+    assert records["alias"].invalid is None
+    assert records["alias"].fields == {"a": 1}
+    assert records["dangling"].invalid == "dangling symlink"
+
+
+async def test_commit_merges_fields_atomically(spool: Path) -> None:
+    path = spool / "carol.json"
+    path.write_text('{"status": "approved", "user": "carol"}')
+    path.chmod(0o640)
+    inode = path.stat().st_ino
+    workflow = SpoolWorkflow("req", spool)
+    [record] = await workflow.records()
+    await workflow.commit(record, {"status": "done", "uid": 1001})
+    assert json.loads(path.read_text()) == {
+        "status": "done",
+        "user": "carol",
+        "uid": 1001,
+    }
+    assert path.stat().st_ino != inode  # replaced by rename, not rewritten
+    assert oct(path.stat().st_mode & 0o777) == oct(0o640)
+    assert sorted(os.listdir(spool)) == ["carol.json"]
+
+
+async def test_commit_keeps_concurrent_edits(spool: Path) -> None:
+    path = spool / "dan.json"
+    path.write_text('{"status": "approved"}')
+    workflow = SpoolWorkflow("req", spool)
+    [record] = await workflow.records()
+    path.write_text('{"status": "approved", "note": "added later"}')
+    await workflow.commit(record, {"status": "done"})
+    assert json.loads(path.read_text()) == {"status": "done", "note": "added later"}
+
+
+async def test_commit_through_symlink_writes_target(spool: Path) -> None:
+    (spool / "real.json").write_text('{"a": 1}')
+    (spool / "alias.json").symlink_to(spool / "real.json")
+    workflow = SpoolWorkflow("req", spool)
+    await workflow.commit(Record(id="alias"), {"b": 2})
+    assert (spool / "alias.json").is_symlink()
+    assert json.loads((spool / "real.json").read_text()) == {"a": 1, "b": 2}
+
+
+async def test_commit_of_vanished_file_fails(spool: Path) -> None:
+    workflow = SpoolWorkflow("req", spool)
+    with pytest.raises(WorkflowError, match="cannot read it back"):
+        await workflow.commit(Record(id="ghost"), {"status": "done"})
+
+
+async def test_missing_spool_folder_fails(tmp_path: Path) -> None:
+    workflow = SpoolWorkflow("req", tmp_path / "missing")
+    with pytest.raises(WorkflowError, match="cannot list"):
+        await workflow.records()
+
+
+async def test_open_workflow_builds_spool(spool: Path) -> None:
+    (spool / "x.json").write_text("{}")
+    settings = WorkflowSettings("req", "spool", {"path": str(spool)})
+    workflow = open_workflow(settings)
+    assert workflow.name == "req"
+    assert workflow.kind == "spool"
+    assert [r.id for r in await workflow.records()] == ["x"]
