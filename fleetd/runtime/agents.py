@@ -1,0 +1,170 @@
+"""Loading agents: parse with a cache, validate names, run Initialize.
+
+A file is parsed again only when its content changed (the cache is keyed
+by path and SHA-256 of the bytes), and Initialize runs again only for new
+or changed agents, or for every agent when the globals changed. With the
+previous `AgentSet`, an agent whose file no longer parses keeps its
+previous version, and the parse error is still listed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from fleetd.config.model import Config
+from fleetd.lang import AgentError, Registry, Scope, Value, parse_agent
+from fleetd.lang.ast import Agent, Phase
+from fleetd.runtime.interpreter import RunState
+from fleetd.runtime.logs import log_at
+from fleetd.runtime.phases import evaluate_conditions
+
+logger = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class LoadedAgent:
+    """A parsed agent after Initialize."""
+
+    agent: Agent
+    variables: Mapping[str, Value]  # globals + PREREQUISITE_SET values
+    scheduled: bool
+    # Why not scheduled: "file:line: source text" of the failed prerequisite,
+    # or the error that keeps the agent from running.
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentSet:
+    """Every agent of a conf dir that parsed, and the errors of the others."""
+
+    agents: dict[str, LoadedAgent]  # by NAME
+    errors: tuple[str, ...] = ()  # "file:line:col: message"
+
+
+def _globals_key(values: Mapping[str, Value]) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def initialize(
+    agent: Agent, global_values: Mapping[str, Value], registry: Registry
+) -> LoadedAgent:
+    """Run the Initialize phase of `agent`: PREREQUISITE commands in order.
+
+    The first false or failing prerequisite leaves the agent unscheduled,
+    logged at notice with that prerequisite's source text.
+    """
+    scope = Scope(copy.deepcopy(dict(global_values)))
+    log = logger.bind(agent=agent.name, mnemonic=agent.mnemonic, phase="initialize")
+    state = RunState(
+        agent=agent,
+        registry=registry,
+        workflow=agent.workflow,
+        record_id=None,
+        this={},
+        log=log,
+        echo=lambda text: None,
+    )
+    unmet = evaluate_conditions(
+        agent.phase(Phase.INITIALIZE), scope, state, stop_at_first=True
+    )
+    variables = scope.flatten()
+    if unmet:
+        log_at(log, "notice", "agent_unscheduled", reason=unmet[0], file=agent.path)
+        return LoadedAgent(agent, variables, scheduled=False, reason=unmet[0])
+
+    return LoadedAgent(agent, variables, scheduled=True)
+
+
+class AgentLoader:
+    """Parses agent files with a cache and runs their Initialize phase."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        # path -> (digest of the file, the parsed agent or its error lines)
+        self._parsed: dict[Path, tuple[str, Agent | tuple[str, ...]]] = {}
+        # (path, digest, globals key) -> the agent after Initialize
+        self._initialized: dict[tuple[Path, str, str], LoadedAgent] = {}
+        self.parses = 0  # files parsed since creation, for tests and stats
+
+    def _parse(self, path: Path) -> tuple[str, Agent | tuple[str, ...]]:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            return "", (f"{path}:1:1: cannot read agent file: {error.strerror}",)
+        digest = hashlib.sha256(data).hexdigest()
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == digest:
+            return cached
+        self.parses += 1
+        try:
+            text = data.decode("utf-8")
+            result: Agent | tuple[str, ...] = parse_agent(
+                text, str(path), registry=self.registry
+            )
+        except UnicodeDecodeError as error:
+            result = (f"{path}:1:1: agent file is not valid UTF-8: {error.reason}",)
+        except AgentError as error:
+            result = tuple(str(error).splitlines()) or (f"{path}:1:1: invalid agent",)
+        self._parsed[path] = (digest, result)
+
+        return digest, result
+
+    def load(self, config: Config, previous: AgentSet | None = None) -> AgentSet:
+        """Load every agent file of `config`; see the module docstring."""
+        globals_key = _globals_key(config.globals)
+        agents: dict[str, LoadedAgent] = {}
+        errors: list[str] = []
+        previous_by_path: dict[str, LoadedAgent] = {}
+        if previous is not None:
+            previous_by_path = {
+                loaded.agent.path: loaded for loaded in previous.agents.values()
+            }
+        live: set[tuple[Path, str, str]] = set()
+        for path in config.agent_files:
+            digest, parsed = self._parse(path)
+            if isinstance(parsed, tuple):
+                errors.extend(parsed)
+                logger.error("agent_invalid", file=str(path), errors=list(parsed))
+                kept = previous_by_path.get(str(path))
+                if kept is not None and kept.agent.name not in agents:
+                    logger.warning("agent_kept", agent=kept.agent.name, file=str(path))
+                    agents[kept.agent.name] = kept
+                continue
+            agent = parsed
+            if agent.name in agents:
+                other = agents[agent.name].agent.path
+                message = (
+                    f"{path}:1:1: duplicate agent name {agent.name!r},"
+                    f" already defined in {other}"
+                )
+                errors.append(message)
+                logger.error("agent_invalid", file=str(path), errors=[message])
+                continue
+            if agent.workflow != "Null" and agent.workflow not in config.workflows:
+                message = f"{path}:1:1: unknown workflow {agent.workflow!r}"
+                errors.append(message)
+                logger.error("agent_invalid", file=str(path), errors=[message])
+                agents[agent.name] = LoadedAgent(
+                    agent, dict(config.globals), scheduled=False, reason=message
+                )
+                continue
+            key = (path, digest, globals_key)
+            live.add(key)
+            loaded = self._initialized.get(key)
+            if loaded is None:
+                loaded = initialize(agent, config.globals, self.registry)
+                self._initialized[key] = loaded
+            agents[agent.name] = loaded
+        # Forget agents of files that changed or went away.
+        for key in list(self._initialized):
+            if key not in live:
+                del self._initialized[key]
+
+        return AgentSet(agents=agents, errors=tuple(errors))

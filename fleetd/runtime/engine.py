@@ -1,0 +1,278 @@
+"""The engine: cycles of agents over their workflows' records.
+
+One `Engine` owns the state store, the lock manager and the workflows of
+one configuration. `run_cycle` runs one agent over the records its
+workflow lists: first it resolves the workflow's abandoned locks (each
+reported once, as `error` with reason `interrupted`), then it runs the
+records with at most the agent's CONCURRENCY at once, and at most
+`max_concurrency` runs of all agents together.
+
+Graceful stop: `stop_starting()` makes every cycle start no new run and
+return once its runs in flight end; `cancel_runs()` also cancels the Check
+and Run of the runs in flight, whose Cleanup and resolution still complete.
+
+Example::
+
+    async with Engine(config) as engine:
+        for loaded in AgentLoader(registry).load(config).agents.values():
+            for report in await engine.run_cycle(loaded):
+                print(report.to_json())
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import anyio
+import structlog
+
+from fleetd.config.model import Config
+from fleetd.lang import Registry, load_plugins
+from fleetd.locks import (
+    LockManager,
+    Owner,
+    Resolution,
+    StateStore,
+    current_owner,
+    open_store,
+)
+from fleetd.runtime.agents import LoadedAgent
+from fleetd.runtime.report import Outcome, RunReport
+from fleetd.runtime.run import RunSettings, run_record
+from fleetd.workflows import Workflow, open_workflow
+from fleetd.workflows.base import Record
+
+logger = structlog.get_logger()
+
+OnReport = Callable[[RunReport], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """Counters of one engine, for `status` and the daemon's STATUS line."""
+
+    runs_in_flight: int
+    runs_done: int
+    last_error: str | None
+
+
+def write_echo(text: str) -> None:
+    """Write one ECHO line to standard output."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+class Engine:
+    """Runs agents' cycles against one state store; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pretend: bool = False,
+        echo: Callable[[str], None] | None = None,
+        registry: Registry | None = None,
+        owner: Owner | None = None,
+    ) -> None:
+        self.config = config
+        self.pretend = pretend
+        self.echo = echo or write_echo
+        if registry is None:
+            registry = load_plugins(list(config.daemon.plugin_dirs))
+        self.registry = registry
+        self.owner = owner or current_owner()
+        self.store: StateStore = open_store(config.daemon.state)
+        self.locks = LockManager(self.store, self.owner, lease=config.daemon.lease)
+        self._workflows: dict[str, Workflow] = {}
+        self._limiter = anyio.CapacityLimiter(config.daemon.max_concurrency)
+        self._run_scopes: set[anyio.CancelScope] = set()
+        self._stopping = False
+        self._cancelling = False
+        self._runs_done = 0
+        self._last_error: str | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.store.open()
+        try:
+            await self.locks.__aenter__()
+        except BaseException:
+            await self.store.close()
+            raise
+
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.locks.__aexit__(exc_type, exc, traceback)
+            finally:
+                await self.store.close()
+
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` for the workflows and settings of runs that start later."""
+        self.config = config
+        self._workflows = {}
+        self._limiter.total_tokens = config.daemon.max_concurrency
+
+    def workflow(self, name: str) -> Workflow:
+        """Return the workflow called `name`, opened on first use."""
+        workflow = self._workflows.get(name)
+        if workflow is None:
+            settings = None if name == "Null" else self.config.workflows[name]
+            workflow = open_workflow(settings)
+            self._workflows[name] = workflow
+
+        return workflow
+
+    def _settings(self) -> RunSettings:
+        daemon = self.config.daemon
+        return RunSettings(
+            registry=self.registry,
+            locks=None if self.pretend else self.locks,
+            echo=self.echo,
+            safe_path=tuple(daemon.safe_path),
+            conf_dir=self.config.conf_dir,
+            cleanup_timeout=daemon.cleanup_timeout,
+            pretend=self.pretend,
+        )
+
+    async def _recover(self, workflow: Workflow) -> list[RunReport]:
+        """Resolve the workflow's abandoned locks; report each as interrupted."""
+        reports = []
+        for lock in await self.locks.recover_abandoned(workflow.name):
+            reports.append(
+                RunReport(
+                    agent=lock.agent,
+                    mnemonic=lock.key.mnemonic,
+                    workflow=lock.key.workflow,
+                    record=lock.key.record or None,
+                    outcome=Outcome.ERROR,
+                    reason="interrupted",
+                    run_id=lock.run_id,
+                )
+            )
+        return reports
+
+    async def run_cycle(
+        self, loaded: LoadedAgent, on_report: OnReport | None = None
+    ) -> list[RunReport]:
+        """Run one cycle of one agent and return the report of every record.
+
+        `on_report` is called with each report as soon as its run ends.
+        """
+        agent = loaded.agent
+        reports: list[RunReport] = []
+
+        def publish(report: RunReport) -> None:
+            reports.append(report)
+            if report.outcome is Outcome.ERROR and report.reason:
+                self._last_error = f"{report.agent}: {report.reason}"
+            if on_report is not None:
+                on_report(report)
+
+        if not loaded.scheduled or self._stopping:
+            return reports
+        log = logger.bind(agent=agent.name, mnemonic=agent.mnemonic)
+        try:
+            workflow = self.workflow(agent.workflow)
+            if not self.pretend:
+                for report in await self._recover(workflow):
+                    publish(report)
+            records = await workflow.records()
+            settings = self._settings()
+            if self.pretend:
+                settings.marks = {
+                    (m.key.workflow, m.key.record, m.key.mnemonic): m.resolution
+                    for m in await self.store.marks()
+                    if m.resolution in (Resolution.COMMIT, Resolution.ERROR)
+                }
+        except Exception as error:  # noqa: BLE001 - the daemon outlives a bad cycle
+            self._last_error = f"{agent.name}: {error}"
+            log.error("cycle_failed", workflow=agent.workflow, error=repr(error))
+            return reports
+        log.debug("cycle_started", workflow=workflow.name, records=len(records))
+
+        pending = iter(records)
+
+        async def worker() -> None:
+            for record in pending:
+                if self._stopping:
+                    return
+                async with self._limiter:
+                    if self._stopping:
+                        return
+                    publish(await self._run_one(loaded, record, workflow, settings))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(max(1, min(agent.concurrency, len(records)))):
+                group.start_soon(worker)
+
+        return reports
+
+    async def _run_one(
+        self,
+        loaded: LoadedAgent,
+        record: Record,
+        workflow: Workflow,
+        settings: RunSettings,
+    ) -> RunReport:
+        scope = anyio.CancelScope()
+        if self._cancelling:
+            scope.cancel()
+        self._run_scopes.add(scope)
+        started = time.monotonic()
+        try:
+            return await run_record(
+                loaded.agent,
+                loaded.variables,
+                record,
+                workflow,
+                settings,
+                cancel_scope=scope,
+            )
+        except Exception as error:  # one run never stops the cycle
+            # A state store that failed at lock time or at resolution.
+            logger.exception("run_failed", agent=loaded.agent.name, record=record.id)
+            return RunReport(
+                agent=loaded.agent.name,
+                mnemonic=loaded.agent.mnemonic,
+                workflow=workflow.name,
+                record=record.id,
+                outcome=Outcome.ERROR,
+                reason=f"internal error: {error}",
+                duration_s=time.monotonic() - started,
+            )
+        finally:
+            self._run_scopes.discard(scope)
+            self._runs_done += 1
+
+    def stop_starting(self) -> None:
+        """Start no new run; cycles return once their runs in flight end."""
+        self._stopping = True
+
+    def cancel_runs(self) -> None:
+        """Stop starting runs and cancel Check and Run of the runs in flight.
+
+        Their Cleanup and resolution still run, shielded.
+        """
+        self._stopping = True
+        self._cancelling = True
+        for scope in list(self._run_scopes):
+            scope.cancel()
+
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(
+            runs_in_flight=len(self._run_scopes),
+            runs_done=self._runs_done,
+            last_error=self._last_error,
+        )

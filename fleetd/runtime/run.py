@@ -1,0 +1,299 @@
+"""One run of one record: Requirements, lock, Check, Run, Cleanup, resolution.
+
+Design note. Check and Run execute inside one cancel scope, which the
+agent's TIMEOUT bounds and which `Engine.cancel_runs` cancels at shutdown;
+either makes Run fail (a failed Check stays a failed Check). Cleanup and
+the resolution execute in a shielded cancel scope: Cleanup is bounded by
+`cleanup_timeout` alone, and the resolution always completes, so a run
+that started with a lock ends with it resolved, whatever cancels it. The
+resolution follows this table:
+
+    Run        Cleanup    resolution          outcome
+    succeeded  succeeded  commit              committed
+    succeeded  failed     commit (warning)    committed
+    failed     succeeded  rollback            rolled_back
+    failed     failed     commit with error   error
+
+A failed Check counts as a failed Run, and the report then says
+`run = not_run`. The report is returned only after the resolution is
+durable.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from fleetd.lang import Registry, Scope, Value
+from fleetd.lang.ast import Agent, Phase
+from fleetd.locks import Done, LeaseLost, Locked, LockKey, LockManager, Resolution
+from fleetd.runtime.interpreter import RunState
+from fleetd.runtime.phases import cleanup_phase, evaluate_conditions, run_phase
+from fleetd.runtime.pretend import pretend_run
+from fleetd.runtime.process import KILL_GRACE
+from fleetd.runtime.report import Outcome, PhaseResult, RunReport
+from fleetd.workflows.base import Record, Workflow
+
+logger = structlog.get_logger()
+
+
+@dataclass(slots=True)
+class RunSettings:
+    """What every run of one engine shares."""
+
+    registry: Registry
+    locks: LockManager | None  # None in pretend mode
+    echo: Callable[[str], None]
+    safe_path: tuple[str, ...] = ()
+    conf_dir: Path | None = None
+    cleanup_timeout: float = 60.0
+    kill_grace: float = KILL_GRACE
+    pretend: bool = False
+    # In pretend mode: resolution marks by (workflow, record, mnemonic).
+    marks: Mapping[tuple[str, str, str], Resolution] = field(default_factory=dict)
+
+
+def join_reasons(texts: list[str]) -> str | None:
+    return "; ".join(texts) if texts else None
+
+
+def record_this(record: Record) -> dict[str, Value]:
+    """Return `this` for a record: its id (unless Null) and its fields."""
+    this: dict[str, Value] = copy.deepcopy(record.fields)
+    if record.id is not None:
+        this["id"] = record.id
+
+    return this
+
+
+async def run_record(
+    agent: Agent,
+    variables: Mapping[str, Value],
+    record: Record,
+    workflow: Workflow,
+    settings: RunSettings,
+    *,
+    cancel_scope: anyio.CancelScope | None = None,
+    run_id: str | None = None,
+) -> RunReport:
+    """Run `record` through every phase and return its report.
+
+    `cancel_scope`, when given, is the scope Check and Run execute in: its
+    cancellation (by shutdown) fails Run but still runs Cleanup and the
+    resolution.
+    """
+    run_id = run_id or uuid.uuid4().hex
+    with structlog.contextvars.bound_contextvars(
+        agent=agent.name,
+        mnemonic=agent.mnemonic,
+        workflow=workflow.name,
+        record=record.id,
+        run_id=run_id,
+        phase="requirements",
+    ):
+        started = time.monotonic()
+        report = await _run(
+            agent, variables, record, workflow, settings, cancel_scope, run_id
+        )
+        report = _with_duration(report, time.monotonic() - started)
+        logger.info(
+            "run_finished",
+            outcome=report.outcome.value,
+            run=report.run.value,
+            cleanup=report.cleanup.value,
+            reason=report.reason,
+            duration_s=round(report.duration_s, 6),
+        )
+
+    return report
+
+
+def _with_duration(report: RunReport, duration: float) -> RunReport:
+    return replace(report, duration_s=duration)
+
+
+async def _run(
+    agent: Agent,
+    variables: Mapping[str, Value],
+    record: Record,
+    workflow: Workflow,
+    settings: RunSettings,
+    cancel_scope: anyio.CancelScope | None,
+    run_id: str,
+) -> RunReport:
+    def report(outcome: Outcome, **fields: Any) -> RunReport:
+        return RunReport(
+            agent=agent.name,
+            mnemonic=agent.mnemonic,
+            workflow=workflow.name,
+            record=record.id,
+            outcome=outcome,
+            run_id=run_id,
+            **fields,
+        )
+
+    if record.invalid is not None:
+        logger.error("record_invalid", reason=record.invalid)
+        return report(Outcome.INVALID, reason=record.invalid)
+
+    this = record_this(record)
+    scope = Scope({**copy.deepcopy(dict(variables)), "this": this})
+    state = RunState(
+        agent=agent,
+        registry=settings.registry,
+        workflow=workflow.name,
+        record_id=record.id,
+        this=this,
+        log=logger,
+        echo=settings.echo,
+        safe_path=settings.safe_path,
+        conf_dir=settings.conf_dir,
+        pretend=settings.pretend,
+        kill_grace=settings.kill_grace,
+    )
+
+    # Requirements: every command runs, every unmet one is named.
+    unmet = evaluate_conditions(
+        agent.phase(Phase.REQUIREMENTS), scope, state, stop_at_first=False
+    )
+    if unmet:
+        logger.info("record_skipped", unmet=unmet)
+        return report(Outcome.SKIPPED, reason=join_reasons(unmet))
+
+    key = LockKey(workflow.name, record.id or "", agent.mnemonic)
+    if settings.pretend:
+        mark = settings.marks.get((key.workflow, key.record, key.mnemonic))
+        if mark is not None and record.id is not None:
+            reason = "in error" if mark is Resolution.ERROR else None
+            return report(Outcome.DONE, reason=reason)
+        would, reason = await pretend_run(state, scope)
+        return report(Outcome.PRETEND, reason=reason, would=would)
+
+    # Lock: refused when another run holds it or the mnemonic is done.
+    assert settings.locks is not None
+    structlog.contextvars.bind_contextvars(phase="lock")
+    try:
+        transaction = await settings.locks.begin(
+            key, agent=agent.name, run_id=run_id, check_mark=record.id is not None
+        )
+    except Done as done:
+        reason = "in error" if done.mark.resolution is Resolution.ERROR else None
+        logger.info("record_done", reason=reason)
+        return report(Outcome.DONE, reason=reason)
+    except Locked as locked:
+        logger.info("record_locked", holder=str(locked))
+        return report(Outcome.LOCKED, reason=str(locked))
+    state.transaction = transaction
+
+    # Check and Run, bounded by TIMEOUT and cancelled by shutdown.
+    check_failed: list[str] = []
+    run_succeeded = False
+    run_reason: str | None = None
+    outer = cancel_scope if cancel_scope is not None else anyio.CancelScope()
+    with outer:
+        with anyio.move_on_after(agent.timeout or float("inf")) as timeout_scope:
+            structlog.contextvars.bind_contextvars(phase="check")
+            check_failed = evaluate_conditions(
+                agent.phase(Phase.CHECK), scope, state, stop_at_first=False
+            )
+            if not check_failed:
+                structlog.contextvars.bind_contextvars(phase="run")
+                state.failures.clear()
+                run_succeeded = await run_phase(state, scope)
+                if not run_succeeded:
+                    run_reason = join_reasons(state.failures)
+    if timeout_scope.cancelled_caught:
+        run_succeeded = False
+        run_reason = f"timed out after {agent.timeout:g} s"
+        logger.error("run_timed_out", timeout_s=agent.timeout)
+    elif outer.cancelled_caught:
+        run_succeeded = False
+        run_reason = "cancelled by shutdown"
+        logger.warning("run_cancelled")
+    if check_failed:
+        run_result = PhaseResult.NOT_RUN
+        run_reason = join_reasons(check_failed)
+        logger.info("check_failed", failed=check_failed)
+    else:
+        run_result = PhaseResult.SUCCEEDED if run_succeeded else PhaseResult.FAILED
+
+    # Cleanup and resolution: shielded, so shutdown cannot leave a lock.
+    with anyio.CancelScope(shield=True):
+        structlog.contextvars.bind_contextvars(phase="cleanup")
+        state.failures.clear()
+        with anyio.move_on_after(settings.cleanup_timeout) as cleanup_scope:
+            cleanup_succeeded = await cleanup_phase(state, scope, run_succeeded)
+        cleanup_reason = join_reasons(state.failures)
+        if cleanup_scope.cancelled_caught:
+            cleanup_succeeded = False
+            cleanup_reason = f"cleanup timed out after {settings.cleanup_timeout:g} s"
+            logger.error("cleanup_timed_out", timeout_s=settings.cleanup_timeout)
+        cleanup_result = (
+            PhaseResult.SUCCEEDED if cleanup_succeeded else PhaseResult.FAILED
+        )
+        structlog.contextvars.bind_contextvars(phase="resolution")
+        outcome, reason = await _resolve(
+            state,
+            record,
+            workflow,
+            run_succeeded=run_succeeded,
+            cleanup_succeeded=cleanup_succeeded,
+            run_reason=run_reason,
+            cleanup_reason=cleanup_reason,
+        )
+
+    return report(outcome, run=run_result, cleanup=cleanup_result, reason=reason)
+
+
+async def _resolve(
+    state: RunState,
+    record: Record,
+    workflow: Workflow,
+    *,
+    run_succeeded: bool,
+    cleanup_succeeded: bool,
+    run_reason: str | None,
+    cleanup_reason: str | None,
+) -> tuple[Outcome, str | None]:
+    """Resolve the lock per the resolution table; return outcome and reason."""
+    transaction = state.transaction
+    assert transaction is not None
+    for field_name, value in state.staged.items():
+        transaction.stage(field_name, value)
+
+    async def apply(changes: dict[str, Any]) -> None:
+        await workflow.commit(record, changes)
+
+    try:
+        if run_succeeded:
+            if not cleanup_succeeded:
+                logger.warning("cleanup_failed", reason=cleanup_reason)
+            try:
+                await transaction.commit(apply)
+            except LeaseLost:
+                raise
+            except Exception as error:  # noqa: BLE001 - resolved as error below
+                reason = f"applying staged changes failed: {error}"
+                logger.error("commit_failed", error=repr(error))
+                await transaction.commit_with_error(None, reason=reason)
+                return Outcome.ERROR, reason
+            reason = f"cleanup failed: {cleanup_reason}" if cleanup_reason else None
+            return Outcome.COMMITTED, reason
+        if cleanup_succeeded:
+            await transaction.rollback(reason=run_reason)
+            return Outcome.ROLLED_BACK, run_reason
+        reason = run_reason
+        if cleanup_reason:
+            reason = f"{run_reason}; cleanup: {cleanup_reason}"
+        await transaction.commit_with_error(apply, reason=reason)
+        return Outcome.ERROR, reason
+    except LeaseLost:
+        return Outcome.ERROR, "lease lost"
