@@ -177,7 +177,7 @@ async def test_program_is_reaped() -> None:
     result = await run_program(["true"], safe_path=SAFE_PATH)
     assert result.pid is not None
     with pytest.raises(ChildProcessError):
-        os.waitpid(result.pid, os.WNOHANG)
+        os.waitpid(result.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
 
 
 async def test_leftover_processes_killed_after_exit(tmp_path: Path) -> None:
