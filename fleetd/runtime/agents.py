@@ -1,7 +1,7 @@
 """Loading agents: parse with a cache, validate names, run Initialize.
 
-A file is parsed again only when its content changed (the cache is keyed
-by path and SHA-256 of the bytes), and Initialize runs again only for new
+A file is parsed again only when its content changed (`AgentCache` keys
+its entries by path and SHA-256 of the bytes), and Initialize runs again only for new
 or changed agents, or for every agent when the globals changed. With the
 previous `AgentSet`, an agent whose file no longer parses keeps its
 previous version, and the parse error is still listed.
@@ -10,7 +10,6 @@ previous version, and the parse error is still listed.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from fleetd.config.model import Config
-from fleetd.lang import AgentError, Registry, Scope, Value, parse_agent
+from fleetd.lang import AgentCache, AgentError, Registry, Scope, Value
 from fleetd.lang.ast import Agent, Phase
 from fleetd.runtime.interpreter import RunState
 from fleetd.runtime.logs import log_at
@@ -87,34 +86,18 @@ class AgentLoader:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        # path -> (digest of the file, the parsed agent or its error lines)
-        self._parsed: dict[Path, tuple[str, Agent | tuple[str, ...]]] = {}
+        self.cache = AgentCache(registry)
         # (path, digest, globals key) -> the agent after Initialize
         self._initialized: dict[tuple[Path, str, str], LoadedAgent] = {}
-        self.parses = 0  # files parsed since creation, for tests and stats
 
-    def _parse(self, path: Path) -> tuple[str, Agent | tuple[str, ...]]:
+    def _parse(self, path: Path) -> Agent | tuple[str, ...]:
+        """Return the agent in `path`, or its errors as `file:line:col: ...`."""
         try:
-            data = path.read_bytes()
+            return self.cache.load(path)
         except OSError as error:
-            return "", (f"{path}:1:1: cannot read agent file: {error.strerror}",)
-        digest = hashlib.sha256(data).hexdigest()
-        cached = self._parsed.get(path)
-        if cached is not None and cached[0] == digest:
-            return cached
-        self.parses += 1
-        try:
-            text = data.decode("utf-8")
-            result: Agent | tuple[str, ...] = parse_agent(
-                text, str(path), registry=self.registry
-            )
-        except UnicodeDecodeError as error:
-            result = (f"{path}:1:1: agent file is not valid UTF-8: {error.reason}",)
+            return (f"{path}:1:1: cannot read agent file: {error.strerror}",)
         except AgentError as error:
-            result = tuple(str(error).splitlines()) or (f"{path}:1:1: invalid agent",)
-        self._parsed[path] = (digest, result)
-
-        return digest, result
+            return tuple(str(error).splitlines()) or (f"{path}:1:1: invalid agent",)
 
     def load(self, config: Config, previous: AgentSet | None = None) -> AgentSet:
         """Load every agent file of `config`; see the module docstring."""
@@ -128,7 +111,7 @@ class AgentLoader:
             }
         live: set[tuple[Path, str, str]] = set()
         for path in config.agent_files:
-            digest, parsed = self._parse(path)
+            parsed = self._parse(path)
             if isinstance(parsed, tuple):
                 errors.extend(parsed)
                 logger.error("agent_invalid", file=str(path), errors=list(parsed))
@@ -155,7 +138,7 @@ class AgentLoader:
                     agent, dict(config.globals), scheduled=False, reason=message
                 )
                 continue
-            key = (path, digest, globals_key)
+            key = (path, agent.digest, globals_key)
             live.add(key)
             loaded = self._initialized.get(key)
             if loaded is None:
@@ -163,6 +146,7 @@ class AgentLoader:
                 self._initialized[key] = loaded
             agents[agent.name] = loaded
         # Forget agents of files that changed or went away.
+        self.cache.prune({str(path) for path in config.agent_files})
         for key in list(self._initialized):
             if key not in live:
                 del self._initialized[key]

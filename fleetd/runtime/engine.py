@@ -112,10 +112,10 @@ class Engine:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.locks.__aexit__(exc_type, exc, traceback)
-            finally:
+        try:
+            await self.locks.__aexit__(exc_type, exc, traceback)
+        finally:
+            with anyio.CancelScope(shield=True):
                 await self.store.close()
 
     def reconfigure(self, config: Config) -> None:

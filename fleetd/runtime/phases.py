@@ -40,6 +40,8 @@ from fleetd.runtime.interpreter import (
     run_block,
 )
 
+NO_CLEANUP_COMMAND = "no cleanup command ran"
+
 
 def evaluate_conditions(
     commands: Sequence[Command],
@@ -140,7 +142,7 @@ async def cleanup_phase(state: RunState, scope: Scope, run_succeeded: bool) -> b
     failures_before = len(state.failures)
     await _walk_cleanup(state.agent.phase(Phase.CLEANUP), scope, state, run_succeeded)
     if state.commands_run == 0:
-        state.failures.append("no cleanup command ran")
+        state.failures.append(NO_CLEANUP_COMMAND)
         return False
 
     return len(state.failures) == failures_before

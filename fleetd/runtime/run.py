@@ -36,7 +36,12 @@ from fleetd.lang import Registry, Scope, Value
 from fleetd.lang.ast import Agent, Phase
 from fleetd.locks import Done, LeaseLost, Locked, LockKey, LockManager, Resolution
 from fleetd.runtime.interpreter import RunState
-from fleetd.runtime.phases import cleanup_phase, evaluate_conditions, run_phase
+from fleetd.runtime.phases import (
+    NO_CLEANUP_COMMAND,
+    cleanup_phase,
+    evaluate_conditions,
+    run_phase,
+)
 from fleetd.runtime.pretend import pretend_run
 from fleetd.runtime.process import KILL_GRACE
 from fleetd.runtime.report import Outcome, PhaseResult, RunReport
@@ -285,7 +290,11 @@ async def _resolve(
                 logger.error("commit_failed", error=repr(error))
                 await transaction.commit_with_error(None, reason=reason)
                 return Outcome.ERROR, reason
-            reason = f"cleanup failed: {cleanup_reason}" if cleanup_reason else None
+            # A Cleanup that failed only because it had no command to run
+            # is the usual case of an agent without cleanup blocks.
+            reason = None
+            if cleanup_reason and cleanup_reason != NO_CLEANUP_COMMAND:
+                reason = f"cleanup failed: {cleanup_reason}"
             return Outcome.COMMITTED, reason
         if cleanup_succeeded:
             await transaction.rollback(reason=run_reason)
