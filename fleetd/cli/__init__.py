@@ -1,0 +1,39 @@
+"""The `fleetd` command line.
+
+Only argparse is imported at start; each subcommand imports what it needs
+when it runs, so `fleetd --version` and `fleetd once` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from fleetd.cli.common import CommandFailed
+from fleetd.cli.exits import EXIT_USAGE
+from fleetd.cli.parser import build_parser
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: `sys.argv[1:]`); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("fleetd: error: a command is required", file=sys.stderr)
+        return EXIT_USAGE
+    args.verbosity = (args.verbose_main or 0) + (args.verbose_sub or 0)
+    args.verbosity -= (args.quiet_main or 0) + (args.quiet_sub or 0)
+    if args.conf_dir_sub is not None:
+        args.conf_dir = args.conf_dir_sub
+    if args.log_target_sub is not None:
+        args.log_target = args.log_target_sub
+
+    try:
+        return int(args.handler(args))
+    except CommandFailed as stop:
+        return stop.status
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,43 @@
+"""`fleetd check`: validate the conf dir without running anything."""
+
+from __future__ import annotations
+
+import argparse
+
+from fleetd.cli.common import CommandFailed, error, load, load_agents, load_registry
+from fleetd.cli.exits import EXIT_OK, EXIT_USAGE
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = load(args, base_level="warning")
+        registry = load_registry(config)
+    except CommandFailed as stop:
+        return stop.status
+    agent_set, errors = load_agents(config, registry)
+    for line in errors:
+        error(line)
+
+    # Agents sharing a mnemonic exclude each other record by record; that is
+    # allowed but often a copy-paste slip, so it is worth a warning.
+    by_mnemonic: dict[str, list[str]] = {}
+    for loaded in agent_set.agents.values():
+        by_mnemonic.setdefault(loaded.agent.mnemonic, []).append(loaded.agent.name)
+    for mnemonic, names in sorted(by_mnemonic.items()):
+        if len(names) > 1:
+            error(
+                f"warning: agents {', '.join(sorted(names))} share mnemonic "
+                f"{mnemonic}: they exclude each other record by record"
+            )
+    for loaded in agent_set.agents.values():
+        if not loaded.scheduled:
+            error(f"note: agent {loaded.agent.name} is not scheduled: {loaded.reason}")
+
+    if errors:
+        return EXIT_USAGE
+    error(
+        f"{config.conf_dir}: {len(agent_set.agents)} agents, "
+        f"{len(config.workflows)} workflows, no errors"
+    )
+
+    return EXIT_OK

@@ -1,0 +1,273 @@
+"""`fleetd once`: one cycle of each selected agent, then exit.
+
+Agents run one after another, in the lexical order of their files, so that
+one invocation is deterministic: an agent sees the commits of the agents
+before it. Inside an agent's cycle the Engine runs records concurrently
+(the agent's CONCURRENCY, `max_concurrency` overall).
+
+SIGTERM and SIGINT are handled as the daemon handles them: no new run
+starts; runs in flight get `shutdown_grace`, then their Run is cancelled
+while Cleanup and the resolution still happen; a second signal skips the
+grace. The exit status then follows the outcomes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleetd.cli.common import (
+    CommandFailed,
+    error,
+    format_table,
+    load,
+    load_agents,
+    load_registry,
+    run_async,
+)
+from fleetd.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from fleetd.config import Config
+    from fleetd.lang import Registry
+    from fleetd.runtime import AgentSet, Engine, LoadedAgent, RunReport
+
+PROGRESS_AFTER_S = 1.0
+PROGRESS_EVERY_S = 0.2
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = load(args)
+        registry = load_registry(config)
+    except CommandFailed as stop:
+        return stop.status
+    if args.files:
+        files = tuple(Path(name).absolute() for name in args.files)
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            for name in missing:
+                error(f"{name}: agent file not found")
+            return EXIT_USAGE
+        extra = tuple(path for path in files if path not in config.agent_files)
+        agent_files = files if not args.agents else config.agent_files + extra
+        config = dataclasses.replace(config, agent_files=agent_files)
+
+    agent_set, errors = load_agents(config, registry)
+    for line in errors:
+        error(line)
+    selected, unknown = select_agents(agent_set, args.agents, args.files)
+    for name in unknown:
+        error(f"fleetd: no agent named {name!r} in {config.conf_dir}")
+
+    output = ReportOutput(as_json=args.json, pretend=args.pretend)
+    run_async(config, run_cycles, config, registry, selected, output, args.pretend)
+    output.finish()
+    if errors or unknown:
+        return EXIT_USAGE
+    if output.failed:
+        return EXIT_FAILURE
+
+    return EXIT_OK
+
+
+def select_agents(
+    agent_set: AgentSet, names: list[str], files: list[str]
+) -> tuple[list[LoadedAgent], list[str]]:
+    """Return the scheduled agents to run, and the names given that match none.
+
+    Without `-a` and `-f`, every scheduled agent runs except those with
+    `SCHEDULE manual`, which run only when named.
+    """
+    loaded = sorted(agent_set.agents.values(), key=lambda item: item.agent.path)
+    unknown = [name for name in names if name not in agent_set.agents]
+    if names or files:
+        paths = {str(Path(name).absolute()) for name in files}
+        chosen = [
+            item
+            for item in loaded
+            if item.agent.name in names or str(Path(item.agent.path)) in paths
+        ]
+    else:
+        chosen = [
+            item
+            for item in loaded
+            if not (item.agent.schedule is not None and item.agent.schedule.manual)
+        ]
+
+    return [item for item in chosen if item.scheduled], unknown
+
+
+async def run_cycles(
+    config: Config,
+    registry: Registry,
+    selected: list[LoadedAgent],
+    output: ReportOutput,
+    pretend: bool,
+) -> None:
+    """Run one cycle of each agent in `selected`, stopping on SIGTERM or SIGINT."""
+    import anyio
+
+    from fleetd.runtime import Engine
+
+    async with Engine(
+        config, pretend=pretend, echo=output.echo, registry=registry
+    ) as engine:
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                watch_signals, engine, stopping, config.daemon.shutdown_grace
+            )
+            for loaded in selected:
+                if stopping.is_set():
+                    break
+                output.start_agent(loaded)
+                await engine.run_cycle(loaded, on_report=output.report)
+                output.end_agent()
+            group.cancel_scope.cancel()
+
+
+async def watch_signals(engine: Engine, stopping: object, grace: float) -> None:
+    """Stop starting runs on the first signal; cancel runs after the grace."""
+    import anyio
+    import structlog
+
+    log = structlog.get_logger()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for number in signals:
+            log.warning(
+                "shutdown_requested",
+                signal=signal.Signals(number).name,
+                grace_s=grace,
+            )
+            stopping.set()  # type: ignore[attr-defined]
+            engine.stop_starting()
+            break
+        with anyio.move_on_after(grace):
+            async for number in signals:
+                log.warning(
+                    "shutdown_grace_skipped", signal=signal.Signals(number).name
+                )
+                break
+        log.warning("runs_cancelled")
+        engine.cancel_runs()
+
+
+class ReportOutput:
+    """Writes ECHO lines, reports (JSON lines or tables) and progress."""
+
+    def __init__(self, *, as_json: bool, pretend: bool) -> None:
+        self.as_json = as_json
+        self.pretend = pretend
+        self.failed = False
+        self.progress = not as_json and sys.stderr.isatty()
+        self._reports: list[RunReport] = []
+        self._agent: LoadedAgent | None = None
+        self._started = 0.0
+        self._shown = 0.0
+        self._progress_visible = False
+
+    def echo(self, line: str) -> None:
+        self._clear_progress()
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def start_agent(self, loaded: LoadedAgent) -> None:
+        self._agent = loaded
+        self._reports = []
+        self._started = time.monotonic()
+
+    def report(self, report: RunReport) -> None:
+        if report.outcome.is_failure:
+            self.failed = True
+        self._reports.append(report)
+        if self.as_json:
+            sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        elif self.progress:
+            self._show_progress()
+
+    def end_agent(self) -> None:
+        self._clear_progress()
+        if self.as_json or self._agent is None:
+            return
+        agent = self._agent.agent
+        sys.stdout.write(
+            agent_table(
+                agent.name,
+                agent.mnemonic,
+                agent.workflow,
+                self._reports,
+                time.monotonic() - self._started,
+            )
+        )
+        sys.stdout.flush()
+
+    def finish(self) -> None:
+        self._clear_progress()
+
+    def _show_progress(self) -> None:
+        now = time.monotonic()
+        if (
+            now - self._started < PROGRESS_AFTER_S
+            or now - self._shown < PROGRESS_EVERY_S
+        ):
+            return
+        self._shown = now
+        name = self._agent.agent.name if self._agent else ""
+        counts = outcome_counts(self._reports)
+        sys.stderr.write(
+            f"\r\x1b[K{name}: {len(self._reports)} records, {counts} "
+            f"({now - self._started:.0f} s)"
+        )
+        sys.stderr.flush()
+        self._progress_visible = True
+
+    def _clear_progress(self) -> None:
+        if self._progress_visible:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._progress_visible = False
+
+
+def outcome_counts(reports: list[RunReport]) -> str:
+    """Summarize outcomes as "2 committed, 1 skipped", in a fixed order."""
+    counts: dict[str, int] = {}
+    for report in reports:
+        counts[report.outcome.value] = counts.get(report.outcome.value, 0) + 1
+
+    return (
+        ", ".join(f"{count} {outcome}" for outcome, count in counts.items()) or "none"
+    )
+
+
+def agent_table(
+    name: str, mnemonic: str, workflow: str, reports: list[RunReport], seconds: float
+) -> str:
+    """Format the short table `once` prints after each agent's cycle."""
+    header = f"{name} (mnemonic {mnemonic}, workflow {workflow}): "
+    header += f"{len(reports)} records in {seconds:.1f} s: {outcome_counts(reports)}\n"
+    if not reports:
+        return header
+    rows = [
+        [
+            report.record,
+            report.outcome.value + (f" ({report.would})" if report.would else ""),
+            report.run.value,
+            report.cleanup.value,
+            f"{report.duration_s:.2f}s",
+            (report.reason or "").replace("\n", "; "),
+        ]
+        for report in reports
+    ]
+    table = format_table(
+        ["RECORD", "OUTCOME", "RUN", "CLEANUP", "TIME", "REASON"], rows
+    )
+
+    return header + table + "\n"
