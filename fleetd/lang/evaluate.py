@@ -1,0 +1,127 @@
+"""Evaluate expressions and interpolate templates against a scope."""
+
+from __future__ import annotations
+
+from fleetd.lang.ast import (
+    And,
+    Compare,
+    Expr,
+    FunctionCall,
+    ListExpr,
+    Literal,
+    Match,
+    Membership,
+    Not,
+    Or,
+    Template,
+    Variable,
+)
+from fleetd.lang.errors import EvaluationError
+from fleetd.lang.registry import Registry
+from fleetd.lang.scope import Scope
+from fleetd.lang.values import (
+    Value,
+    compare_values,
+    looks_like_number,
+    render,
+    to_number,
+    truth,
+)
+
+TRUE: Value = 1
+FALSE: Value = ""
+
+
+def interpolate(template: Template, scope: Scope) -> str:
+    """Return the text of `template` with each `${name}` replaced by its rendered value."""
+    parts = template.parts
+    if len(parts) == 1 and isinstance(parts[0], str):
+        return parts[0]
+    pieces: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            pieces.append(part)
+        else:
+            pieces.append(render(scope.lookup(part.path)))
+    return "".join(pieces)
+
+
+def _equal(left: Value, right: Value) -> bool:
+    if right is None:
+        return False
+    if looks_like_number(left) and looks_like_number(right):
+        return to_number(left) == to_number(right)
+    return render(left) == render(right)
+
+
+def evaluate(expr: Expr, scope: Scope, registry: Registry) -> Value:
+    """Return the value of `expr` in `scope`.
+
+    Comparisons and `NOT` return 1 or "" as Perl does; `AND` and `OR`
+    return the operand that decided, as Perl's `&&` and `||` do.
+
+    Raises:
+        EvaluationError: a function is unknown or raised, or an operand
+            has the wrong kind (e.g. `IN` on a dict).
+    """
+    if isinstance(expr, Literal):
+        return expr.value
+    if isinstance(expr, Variable):
+        return scope.lookup(expr.path)
+    if isinstance(expr, Template):
+        return interpolate(expr, scope)
+    if isinstance(expr, Compare):
+        left = evaluate(expr.left, scope, registry)
+        right = evaluate(expr.right, scope, registry)
+        if left is None or right is None:
+            return FALSE
+        return TRUE if compare_values(expr.op, left, right) else FALSE
+    if isinstance(expr, And):
+        left = evaluate(expr.left, scope, registry)
+        return evaluate(expr.right, scope, registry) if truth(left) else left
+    if isinstance(expr, Or):
+        left = evaluate(expr.left, scope, registry)
+        return left if truth(left) else evaluate(expr.right, scope, registry)
+    if isinstance(expr, Not):
+        return FALSE if truth(evaluate(expr.operand, scope, registry)) else TRUE
+    if isinstance(expr, FunctionCall):
+        return _call(expr, scope, registry)
+    if isinstance(expr, ListExpr):
+        return [evaluate(item, scope, registry) for item in expr.items]
+    if isinstance(expr, Membership):
+        item = evaluate(expr.item, scope, registry)
+        if item is None:
+            return FALSE
+        container = evaluate(expr.container, scope, registry)
+        if container is None:
+            elements: list[Value] = []
+        elif isinstance(container, list):
+            elements = container
+        elif isinstance(container, dict):
+            raise EvaluationError("IN needs a list, got a record", expr.loc)
+        else:
+            elements = [container]
+        found = any(_equal(item, element) for element in elements)
+        return TRUE if found != expr.negated else FALSE
+    if isinstance(expr, Match):
+        subject = render(evaluate(expr.subject, scope, registry))
+        match = expr.pattern.search(subject)
+        if match is None:
+            return FALSE
+        for index, group in enumerate(match.groups(), start=1):
+            scope.define(str(index), group)
+        return TRUE
+    raise EvaluationError(f"cannot evaluate {type(expr).__name__}")
+
+
+def _call(call: FunctionCall, scope: Scope, registry: Registry) -> Value:
+    spec = registry.function(call.name)
+    if spec is None:
+        raise EvaluationError(f"unknown function {call.name!r}", call.loc)
+    args = [evaluate(arg, scope, registry) for arg in call.args]
+    try:
+        return spec.impl(*args)
+    except EvaluationError:
+        raise
+    except Exception as error:
+        raise EvaluationError(f"{call.name}() failed: {error}", call.loc) from error

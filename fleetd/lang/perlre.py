@@ -1,0 +1,174 @@
+"""Translate Perl regular expressions to Python's `re`.
+
+FleetConf agents write Perl patterns (`/re/flags`). Most of the syntax is
+shared; this module rewrites what differs and rejects what Python cannot
+express, so a pattern fails at load rather than matching differently:
+
+- flags `i`, `m`, `s`, `x` map to `re.I`, `re.M`, `re.S`, `re.X`;
+- `\\z` becomes `\\Z`, and Perl's `\\Z` (end, or before a final newline)
+  becomes `(?=\\n?\\Z)`;
+- `(?<name>...)` becomes `(?P<name>...)` and `\\k<name>` becomes `(?P=name)`;
+- `\\Q...\\E` quotes its text; `\\h`/`\\H` become `[ \\t]`/`[^ \\t]`;
+- POSIX classes such as `[[:alpha:]]` become ASCII ranges;
+- code blocks `(?{...})`, `\\G` and recursion `(?R)` are rejected.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+
+_POSIX_CLASSES = {
+    "alpha": "a-zA-Z",
+    "digit": "0-9",
+    "alnum": "a-zA-Z0-9",
+    "upper": "A-Z",
+    "lower": "a-z",
+    "space": r" \t\n\r\f\v",
+    "blank": r" \t",
+    "punct": r"!-/:-@\[-`{-~",
+    "xdigit": "0-9A-Fa-f",
+    "word": r"\w",
+    "cntrl": r"\x00-\x1f\x7f",
+    "print": r"\x20-\x7e",
+    "graph": r"\x21-\x7e",
+    "ascii": r"\x00-\x7f",
+}
+
+
+class PatternError(ValueError):
+    """A Perl pattern that is malformed or that Python cannot express."""
+
+
+def _translate_class(pattern: str, index: int, out: list[str]) -> int:
+    """Copy the character class starting at `index`; return where it ends."""
+    out.append("[")
+    index += 1
+    if index < len(pattern) and pattern[index] == "^":
+        out.append("^")
+        index += 1
+    if index < len(pattern) and pattern[index] == "]":
+        out.append(r"\]")
+        index += 1
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "]":
+            out.append("]")
+            return index + 1
+        if char == "\\" and index + 1 < len(pattern):
+            out.append(pattern[index : index + 2])
+            index += 2
+            continue
+        if pattern.startswith("[:", index):
+            end = pattern.find(":]", index + 2)
+            if end < 0:
+                raise PatternError("unterminated POSIX class [: :]")
+            name = pattern[index + 2 : end]
+            negated = name.startswith("^")
+            ranges = _POSIX_CLASSES.get(name.lstrip("^"))
+            if ranges is None or negated:
+                raise PatternError(f"unsupported POSIX class [:{name}:]")
+            out.append(ranges)
+            index = end + 2
+            continue
+        if char == "[":
+            out.append(r"\[")
+            index += 1
+            continue
+        out.append(char)
+        index += 1
+    raise PatternError("unterminated character class [ ]")
+
+
+def translate(pattern: str) -> str:
+    """Return the Python form of the Perl `pattern`.
+
+    Raises:
+        PatternError: the pattern uses Perl syntax without a Python form.
+    """
+    out: list[str] = []
+    index = 0
+    length = len(pattern)
+    while index < length:
+        char = pattern[index]
+        if char == "\\" and index + 1 < length:
+            escaped = pattern[index + 1]
+            if escaped == "z":
+                out.append(r"\Z")
+            elif escaped == "Z":
+                out.append(r"(?=\n?\Z)")
+            elif escaped == "h":
+                out.append(r"[ \t]")
+            elif escaped == "H":
+                out.append(r"[^ \t]")
+            elif escaped == "G":
+                raise PatternError(r"\G is not supported")
+            elif escaped == "Q":
+                end = pattern.find(r"\E", index + 2)
+                end = length if end < 0 else end
+                out.append(re.escape(pattern[index + 2 : end]))
+                index = end + 2
+                continue
+            elif escaped == "E":
+                pass
+            elif escaped == "k" and index + 2 < length and pattern[index + 2] in "<{'":
+                closer = {"<": ">", "{": "}", "'": "'"}[pattern[index + 2]]
+                end = pattern.find(closer, index + 3)
+                if end < 0:
+                    raise PatternError(r"unterminated \k<name>")
+                out.append(f"(?P={pattern[index + 3 : end]})")
+                index = end + 1
+                continue
+            else:
+                out.append(pattern[index : index + 2])
+            index += 2
+            continue
+        if char == "[":
+            index = _translate_class(pattern, index, out)
+            continue
+        if pattern.startswith("(?", index):
+            rest = pattern[index + 2 : index + 4]
+            if rest.startswith(("{", "?{", "R")):
+                raise PatternError("code blocks and recursion are not supported")
+            if (
+                rest.startswith("<")
+                and not rest.startswith("<=")
+                and not rest.startswith("<!")
+            ):
+                out.append("(?P<")
+                index += 3
+                continue
+            if rest.startswith("'"):
+                end = pattern.find("'", index + 3)
+                if end < 0:
+                    raise PatternError("unterminated (?'name' group")
+                out.append(f"(?P<{pattern[index + 3 : end]}>")
+                index = end + 1
+                continue
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def compile_perl(pattern: str, flags: str) -> re.Pattern[str]:
+    """Compile a Perl pattern with its flags (`imsx`) into a Python pattern.
+
+    Raises:
+        PatternError: an unknown flag, or a malformed pattern.
+    """
+    python_flags = 0
+    for flag in flags:
+        if flag not in _FLAGS:
+            raise PatternError(
+                f"unsupported regular expression flag {flag!r}; use i, m, s or x"
+            )
+        python_flags |= _FLAGS[flag]
+    try:
+        return re.compile(translate(pattern), python_flags)
+    except re.error as error:
+        raise PatternError(
+            f"invalid regular expression /{pattern}/: {error.msg}"
+        ) from None
+    except (RecursionError, OverflowError) as error:
+        raise PatternError(f"invalid regular expression /{pattern}/: {error}") from None

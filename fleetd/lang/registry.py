@@ -1,0 +1,247 @@
+"""Functions and plugin commands that agents can call, and how plugins add them.
+
+A plugin is a Python module that exposes `FLEETD_FUNCTIONS` and/or
+`FLEETD_COMMANDS`: sequences of `FunctionSpec` and `CommandSpec`. Plugins
+are found two ways:
+
+- installed packages that declare entry points in the groups
+  `fleetd.functions` and `fleetd.commands`; each entry point names either
+  a spec, a sequence of specs, or a module with the attributes above;
+- `*.py` files in the daemon's `plugin_dirs`, loaded in lexical order.
+
+Example plugin file::
+
+    from fleetd.lang import CommandSpec, FunctionSpec
+
+    def shout(text):
+        return str(text).upper()
+
+    async def notify(ctx, channel, message):
+        ctx.log.info("notify", channel=channel)
+        return 1
+
+    FLEETD_FUNCTIONS = [FunctionSpec("shout", 1, 1, shout)]
+    FLEETD_COMMANDS = [CommandSpec("notify", 2, 2, notify)]
+
+A function receives evaluated values (`Value`) and returns one. It should
+be pure: Requirements and Check call it with no lock held. A command
+receives a `CommandContext` first; a false result or an exception fails it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+from fleetd.lang.values import Value
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """A function callable in expressions, e.g. `lc(x)`.
+
+    `max_args` None accepts any number of arguments. `pure` tells that the
+    function has no side effects, so pretend mode may call it.
+    """
+
+    name: str
+    min_args: int
+    max_args: int | None
+    impl: Callable[..., Value]
+    pure: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A command callable with `CALL name(args)`.
+
+    `impl` receives the `CommandContext` and the evaluated arguments; it
+    may be a coroutine function. `side_effect_free` lets pretend mode call
+    it for real.
+    """
+
+    name: str
+    min_args: int
+    max_args: int | None
+    impl: Callable[..., Awaitable[Value] | Value]
+    side_effect_free: bool = False
+    doc: str = ""
+
+
+class CommandContext(Protocol):
+    """What a plugin command receives as its first argument; the runtime implements it."""
+
+    agent: str
+    mnemonic: str
+    workflow: str
+    record_id: str | None
+    record: Mapping[str, Value]
+    pretend: bool
+    log: Any
+
+    def on_commit(self, hook: Callable[[], Awaitable[None] | None]) -> None: ...
+
+    def on_rollback(self, hook: Callable[[], Awaitable[None] | None]) -> None: ...
+
+    def on_error(self, hook: Callable[[], Awaitable[None] | None]) -> None: ...
+
+
+class PluginError(Exception):
+    """A plugin that cannot be loaded or that declares an invalid spec."""
+
+
+def describe_arity(min_args: int, max_args: int | None) -> str:
+    """Describe an argument count for messages: "1", "2 or 3", "at least 1"."""
+    if max_args is None:
+        return f"at least {min_args}" if min_args else "any number of"
+    if min_args == max_args:
+        return str(min_args)
+    if max_args == min_args + 1:
+        return f"{min_args} or {max_args}"
+    return f"{min_args} to {max_args}"
+
+
+class Registry:
+    """Functions and commands by name.
+
+    `Registry.default()` holds the built-in functions; `load_plugins` adds
+    plugins to a copy of it. A later definition of a name replaces an
+    earlier one.
+    """
+
+    def __init__(
+        self,
+        functions: Iterable[FunctionSpec] = (),
+        commands: Iterable[CommandSpec] = (),
+    ) -> None:
+        self.functions: dict[str, FunctionSpec] = {}
+        self.commands: dict[str, CommandSpec] = {}
+        for spec in functions:
+            self.add_function(spec)
+        for command in commands:
+            self.add_command(command)
+
+    @classmethod
+    def default(cls) -> Registry:
+        """Return a new registry with the built-in functions."""
+        from fleetd.lang.builtins import BUILTIN_FUNCTIONS
+
+        return cls(BUILTIN_FUNCTIONS)
+
+    def copy(self) -> Registry:
+        """Return a registry with the same functions and commands."""
+        return Registry(self.functions.values(), self.commands.values())
+
+    def add_function(self, spec: FunctionSpec) -> None:
+        """Add or replace a function."""
+        _check_spec(spec)
+        self.functions[spec.name] = spec
+
+    def add_command(self, spec: CommandSpec) -> None:
+        """Add or replace a command."""
+        _check_spec(spec)
+        self.commands[spec.name] = spec
+
+    def function(self, name: str) -> FunctionSpec | None:
+        """Return the function called `name`, or None."""
+        return self.functions.get(name)
+
+    def command(self, name: str) -> CommandSpec | None:
+        """Return the command called `name`, or None."""
+        return self.commands.get(name)
+
+
+def _check_spec(spec: FunctionSpec | CommandSpec) -> None:
+    if not spec.name.isidentifier():
+        raise PluginError(f"name {spec.name!r} must be an identifier")
+    if spec.min_args < 0:
+        raise PluginError(f"{spec.name}: min_args must be >= 0")
+    if spec.max_args is not None and spec.max_args < spec.min_args:
+        raise PluginError(f"{spec.name}: max_args must be >= min_args")
+    if not callable(spec.impl):
+        raise PluginError(f"{spec.name}: impl must be callable")
+
+
+def _add_specs(registry: Registry, source: str, item: object) -> None:
+    """Add a spec, a sequence of specs, or a module's declared specs."""
+    if isinstance(item, FunctionSpec):
+        registry.add_function(item)
+    elif isinstance(item, CommandSpec):
+        registry.add_command(item)
+    elif isinstance(item, ModuleType):
+        found = False
+        for attribute in ("FLEETD_FUNCTIONS", "FLEETD_COMMANDS"):
+            specs = getattr(item, attribute, None)
+            if specs is not None:
+                found = True
+                _add_specs(registry, source, list(specs))
+        if not found:
+            raise PluginError(
+                f"{source}: defines neither FLEETD_FUNCTIONS nor FLEETD_COMMANDS"
+            )
+    elif isinstance(item, (list, tuple)):
+        for element in item:
+            _add_specs(registry, source, element)
+    else:
+        raise PluginError(
+            f"{source}: expected a FunctionSpec, a CommandSpec, a list of them "
+            f"or a module, got {type(item).__name__}"
+        )
+
+
+def _load_file(path: Path) -> ModuleType:
+    module_name = f"fleetd_plugin_{path.stem}_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise PluginError(f"{path}: import failed: {error!r}") from error
+    return module
+
+
+def load_plugins(
+    plugin_dirs: Sequence[str | Path], *, entry_points: bool = True
+) -> Registry:
+    """Return the built-ins plus every plugin found.
+
+    Entry points (groups `fleetd.functions` and `fleetd.commands`) load
+    first, then the `*.py` files of each directory of `plugin_dirs` in
+    lexical order, so a file can replace an installed function.
+
+    Raises:
+        PluginError: a plugin that cannot be imported or declares bad specs;
+            the message names the entry point or file.
+    """
+    registry = Registry.default()
+    if entry_points:
+        for group in ("fleetd.functions", "fleetd.commands"):
+            for entry_point in sorted(
+                metadata.entry_points(group=group), key=lambda e: e.name
+            ):
+                source = f"entry point {entry_point.name} ({entry_point.value})"
+                try:
+                    loaded = entry_point.load()
+                except Exception as error:
+                    raise PluginError(f"{source}: import failed: {error!r}") from error
+                _add_specs(registry, source, loaded)
+    for directory in plugin_dirs:
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise PluginError(f"{folder}: plugin directory not found")
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("."):
+                continue
+            _add_specs(registry, str(path), _load_file(path))
+    return registry

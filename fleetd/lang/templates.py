@@ -1,0 +1,82 @@
+"""Templates: text with `${name}` references, and string literals.
+
+A reference is `${name}` or `${ name }` where the name is a dotted path
+such as `this.uid`, or a match group such as `1`. Text that looks like a
+reference but is not one (`${}`, `${a b}`) stays as written, as it did in
+FleetConf.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fleetd.lang.ast import Literal, Location, Template, Variable
+
+REFERENCE_RE = re.compile(
+    r"\$\{\s*([A-Za-z0-9_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\s*\}"
+)
+
+# Escapes of double-quoted strings; any other escaped character stands for
+# itself, as in FleetConf (`\"` is a quote, `\$` a dollar that starts no
+# reference).
+_STRING_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+
+
+def _variable(name: str, loc: Location) -> Variable:
+    return Variable(tuple(name.split(".")), loc)
+
+
+def template_from_text(text: str, loc: Location) -> Template:
+    """Build a template from raw text, where only `${name}` is special."""
+    parts: list[str | Variable] = []
+    position = 0
+    for match in REFERENCE_RE.finditer(text):
+        if match.start() > position:
+            parts.append(text[position : match.start()])
+        column = loc.column + match.start()
+        parts.append(_variable(match.group(1), Location(loc.file, loc.line, column)))
+        position = match.end()
+    if position < len(text) or not parts:
+        parts.append(text[position:])
+    return Template(tuple(parts), loc)
+
+
+def string_literal(token: str, loc: Location) -> Literal | Template:
+    """Build the value of a double-quoted string token, quotes included.
+
+    A string without references becomes a `Literal`, else a `Template`.
+    """
+    body = token[1:-1]
+    if "\\" not in body and "${" not in body:
+        return Literal(body, loc)
+    parts: list[str | Variable] = []
+    chunk: list[str] = []
+    index = 0
+    length = len(body)
+    while index < length:
+        char = body[index]
+        if char == "\\" and index + 1 < length:
+            escaped = body[index + 1]
+            chunk.append(_STRING_ESCAPES.get(escaped, escaped))
+            index += 2
+            continue
+        if char == "$":
+            match = REFERENCE_RE.match(body, index)
+            if match is not None:
+                if chunk:
+                    parts.append("".join(chunk))
+                    chunk = []
+                # +1 for the opening quote
+                column = loc.column + 1 + index
+                parts.append(
+                    _variable(match.group(1), Location(loc.file, loc.line, column))
+                )
+                index = match.end()
+                continue
+        chunk.append(char)
+        index += 1
+    if chunk or not parts:
+        parts.append("".join(chunk))
+    if len(parts) == 1 and isinstance(parts[0], str):
+        return Literal(parts[0], loc)
+    return Template(tuple(parts), loc)

@@ -1,0 +1,153 @@
+"""Values of the agent language and Perl's rules for them.
+
+FleetConf agents were evaluated by Perl, so a value is a scalar (string or
+number), undefined, or a list; truth, stringification and numification
+follow Perl 5, which agents rely on (`"0"` is false, `"10" = "10.0"` holds,
+`0` interpolates as `0`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import TypeAlias, Union
+
+# A recursive alias needs Union with string forward references on Python 3.11.
+Value: TypeAlias = Union[None, str, int, float, list["Value"], dict[str, "Value"]]  # noqa: UP007
+
+# Perl's looks_like_number: optional blanks, sign, digits with an optional
+# fraction and exponent (or Inf/Infinity/NaN), then optional blanks.
+_NUMBER_RE = re.compile(
+    r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\s*\Z",
+    re.IGNORECASE,
+)
+# The prefix that Perl's numification reads from a string; the rest is ignored.
+_NUMERIC_PREFIX_RE = re.compile(
+    r"\s*([+-]?)(?:(\d+)(\.\d*)?|(\.\d+))([eE][+-]?\d+)?"
+    r"|\s*([+-]?)(inf(?:inity)?|nan)",
+    re.IGNORECASE,
+)
+
+
+def truth(value: Value) -> bool:
+    """Return Perl's truth of `value`: undefined, "", "0" and 0 are false."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return value != "" and value != "0"
+    if isinstance(value, (int, float)):
+        return value != 0
+    return True
+
+
+def format_number(number: float) -> str:
+    """Format a number as Perl prints it (`%.15g` for floats)."""
+    if isinstance(number, bool):
+        return "1" if number else ""
+    if isinstance(number, int):
+        return str(number)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Inf" if number > 0 else "-Inf"
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return f"{number:.15g}"
+
+
+def render(value: Value) -> str:
+    """Return the text of `value`, as interpolation shows it.
+
+    0 is "0", undefined is "", a list joins its rendered items with spaces
+    and a dict renders as JSON.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    if isinstance(value, list):
+        return " ".join(render(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def looks_like_number(value: Value) -> bool:
+    """Tell whether Perl's `looks_like_number` holds for `value`."""
+    if value is None or isinstance(value, (list, dict)):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return _NUMBER_RE.match(value) is not None
+
+
+def to_number(value: Value) -> int | float:
+    """Numify `value` as Perl does: the numeric prefix of its text, else 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, dict):
+        return len(value)
+    match = _NUMERIC_PREFIX_RE.match(value)
+    if match is None:
+        return 0
+    if match.group(7):
+        sign = -1.0 if match.group(6) == "-" else 1.0
+        word = match.group(7).lower()
+        return math.nan if word == "nan" else sign * math.inf
+    sign_text, whole, fraction = match.group(1, 2, 3)
+    exponent = match.group(5)
+    if whole is not None and fraction is None and exponent is None:
+        return int(sign_text + whole)
+    return float(match.group(0))
+
+
+def to_integer(value: Value) -> int:
+    """Numify `value` and truncate it toward zero, as Perl's `int` does."""
+    number = to_number(value)
+    if isinstance(number, float):
+        if math.isnan(number) or math.isinf(number):
+            raise ValueError(f"cannot convert {format_number(number)} to an integer")
+        return int(number)
+    return number
+
+
+def normalize_number(number: float) -> int | float:
+    """Turn an integral float into an int, as Perl keeps integer results."""
+    if isinstance(number, float) and number.is_integer() and abs(number) < 2**63:
+        return int(number)
+    return number
+
+
+def compare_values(op: str, left: Value, right: Value) -> bool:
+    """Compare two defined values: numerically when both look like numbers.
+
+    Lists and dicts compare by their rendered text.
+    """
+    if looks_like_number(left) and looks_like_number(right):
+        a: int | float | str = to_number(left)
+        b: int | float | str = to_number(right)
+    else:
+        a = render(left)
+        b = render(right)
+    if op == "=":
+        return a == b
+    if op == "<>":
+        return a != b
+    if op == "<":
+        return a < b  # type: ignore[operator]
+    if op == ">":
+        return a > b  # type: ignore[operator]
+    if op == "<=":
+        return a <= b  # type: ignore[operator]
+    if op == ">=":
+        return a >= b  # type: ignore[operator]
+    raise ValueError(f"unknown comparison operator {op!r}")

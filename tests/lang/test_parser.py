@@ -1,0 +1,404 @@
+"""Parsing agent files: header, commands, blocks, phases and errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fleetd.lang import (
+    AgentError,
+    Assign,
+    CallCommand,
+    CleanupBlock,
+    CleanupWhen,
+    CommandSpec,
+    Condition,
+    Echo,
+    ExecCommand,
+    Foreach,
+    Literal,
+    Log,
+    Match,
+    Parallel,
+    Phase,
+    ProgramExec,
+    ProgramOption,
+    ProgramStart,
+    Registry,
+    Template,
+    Variable,
+    When,
+    load_agent,
+    parse_agent,
+)
+
+HEADER = "NAME Test\nMNEMONIC test\n"
+
+
+def parse(body: str, registry: Registry | None = None):
+    return parse_agent(HEADER + body, "t.agent", registry=registry)
+
+
+def errors(text: str, registry: Registry | None = None) -> list[str]:
+    with pytest.raises(AgentError) as caught:
+        parse_agent(text, "t.agent", registry=registry)
+    return [str(d) for d in caught.value.diagnostics]
+
+
+def test_header_lines() -> None:
+    agent = parse_agent(
+        "#!/usr/bin/fleetconf-agent\n"
+        "NAME\tCreate-Home\n"
+        "DESCRIPTION Create a home # directory\n"
+        "VERSION $Rev: 1507 $\n"
+        "MNEMONIC homedir\n"
+        "WORKFLOW requests\n"
+        "SCHEDULE every 5m\n"
+        "CONCURRENCY 4\n"
+        "TIMEOUT 1m30s # whole run\n",
+        "h.agent",
+    )
+    assert agent.name == "Create-Home"
+    assert agent.description == "Create a home # directory"
+    assert agent.version == "$Rev: 1507 $"
+    assert agent.mnemonic == "homedir"
+    assert agent.workflow == "requests"
+    assert agent.schedule is not None and agent.schedule.every == 300.0
+    assert agent.concurrency == 4
+    assert agent.timeout == 90.0
+    assert agent.commands == ()
+    assert agent.digest
+
+
+def test_header_defaults() -> None:
+    agent = parse("")
+    assert agent.workflow == "Null"
+    assert agent.schedule is None
+    assert agent.concurrency == 1
+    assert agent.timeout is None
+
+
+def test_schedule_manual_and_ms() -> None:
+    agent = parse_agent(HEADER + "SCHEDULE manual\nTIMEOUT 250ms\n", "s.agent")
+    assert agent.schedule is not None and agent.schedule.manual
+    assert agent.timeout == 0.25
+
+
+def test_missing_name_and_mnemonic() -> None:
+    assert errors("ECHO hi\n") == [
+        "t.agent:1:1: missing NAME line",
+        "t.agent:1:1: missing MNEMONIC line",
+    ]
+
+
+def test_bad_header_values() -> None:
+    found = errors(
+        "NAME x\nMNEMONIC bad word\nSCHEDULE hourly\nCONCURRENCY 0\nTIMEOUT 5 minutes\n"
+    )
+    assert found[0].startswith("t.agent:2:10: invalid MNEMONIC 'bad word'")
+    assert found[1].startswith("t.agent:3:10: invalid SCHEDULE 'hourly'")
+    assert found[2].startswith("t.agent:4:13: CONCURRENCY must be")
+    assert found[3].startswith("t.agent:5:9: TIMEOUT: invalid duration")
+
+
+def test_header_after_command() -> None:
+    found = errors(HEADER + "ECHO hi\nWORKFLOW late\n")
+    assert found == [
+        "t.agent:4:1: WORKFLOW is a header line and must come before the first command"
+    ]
+
+
+def test_duplicate_header() -> None:
+    found = errors(HEADER + "NAME Again\n")
+    assert found == ["t.agent:3:1: duplicate NAME line; the first is at line 1"]
+
+
+def test_phases_of_commands() -> None:
+    agent = parse(
+        'PREREQUISITE OS() = "linux"\n'
+        'PREREQUISITE_SET base = "/srv"\n'
+        'REQUIRE this.status = "approved"\n'
+        "REQUIRE_SET user = this.user\n"
+        "CHECK TRUE\n"
+        'CHECK_SET home = "${base}/${user}"\n'
+        'SET this.status = "done"\n'
+        "ECHO hello ${user}\n"
+        "LOG warn careful\n"
+        'EXEC_COMMAND IGNORE_FAILURE touch "/tmp/a b"\n'
+    )
+    commands = agent.commands
+    assert [type(c).__name__ for c in commands] == [
+        "Condition", "Assign", "Condition", "Assign", "Condition", "Assign",
+        "Assign", "Echo", "Log", "ExecCommand",
+    ]  # fmt: skip
+    assert [c.phase for c in commands] == [
+        Phase.INITIALIZE, Phase.INITIALIZE, Phase.REQUIREMENTS, Phase.REQUIREMENTS,
+        Phase.CHECK, Phase.CHECK, Phase.RUN, Phase.RUN, Phase.RUN, Phase.RUN,
+    ]  # fmt: skip
+    assert agent.phase(Phase.INITIALIZE) == commands[0:2]
+    assert agent.phase(Phase.REQUIREMENTS) == commands[2:4]
+    assert agent.phase(Phase.CHECK) == commands[4:6]
+    assert agent.phase(Phase.RUN) == commands[6:]
+    assert agent.phase(Phase.CLEANUP) == ()
+    assign = commands[6]
+    assert isinstance(assign, Assign)
+    assert assign.target == ("this", "status")
+    assert assign.source == 'SET this.status = "done"'
+    assert assign.loc.line == 9
+    log = commands[8]
+    assert isinstance(log, Log) and log.level == "warning"
+    exec_command = commands[9]
+    assert isinstance(exec_command, ExecCommand)
+    assert exec_command.ignore_failure
+    assert exec_command.argv[1].parts == ("/tmp/a b",)
+
+
+def test_only_if_undefined_assignment() -> None:
+    (command,) = parse('SET color //= "blue"\n').commands
+    assert isinstance(command, Assign)
+    assert command.only_if_undefined
+    assert command.expr == Literal("blue", command.expr.loc)
+
+
+def test_nested_blocks_keep_phases() -> None:
+    agent = parse(
+        "WHEN x = 1 DO\n"
+        "\tFOREACH n IN [1, 2] DO\n"
+        "\t\tCHECK n > 0\n"
+        "\t\tWHEN TRUE DO\n"
+        "\t\t\tECHO ${n}\n"
+        "\t\tEND\n"
+        "\tEND\n"
+        "\tON_FAILURE\n"
+        "\t\tECHO undo\n"
+        "\tEND\n"
+        "END\n"
+    )
+    (when,) = agent.commands
+    assert isinstance(when, When)
+    check_tree = agent.phase(Phase.CHECK)
+    (check_when,) = check_tree
+    assert isinstance(check_when, When)
+    (check_foreach,) = check_when.body
+    assert isinstance(check_foreach, Foreach)
+    assert [type(c) for c in check_foreach.body] == [Condition]
+    (run_when,) = agent.phase(Phase.RUN)
+    (run_foreach,) = run_when.body
+    (inner_when,) = run_foreach.body
+    assert isinstance(inner_when.body[0], Echo)
+    (cleanup_when,) = agent.phase(Phase.CLEANUP)
+    (block,) = cleanup_when.body
+    assert isinstance(block, CleanupBlock)
+    assert block.when is CleanupWhen.FAILURE
+    assert block.body[0].phase is Phase.CLEANUP
+
+
+def test_cleanup_blocks() -> None:
+    agent = parse(
+        "EXEC_COMMAND true\n"
+        "CLEANUP\n  ECHO always\nEND\n"
+        "ON_FAILURE\n  SET x = 1\nEND\n"
+        "ON_SUCCESS\n  EXEC_COMMAND true\nEND\n"
+    )
+    blocks = agent.phase(Phase.CLEANUP)
+    assert [b.when for b in blocks] == [
+        CleanupWhen.ALWAYS,
+        CleanupWhen.FAILURE,
+        CleanupWhen.SUCCESS,
+    ]
+    assert all(c.phase is Phase.CLEANUP for b in blocks for c in b.body)
+    assert len(agent.phase(Phase.RUN)) == 1
+
+
+def test_parallel_block() -> None:
+    agent = parse(
+        "PARALLEL\n"
+        "    EXEC_COMMAND sleep 1\n"
+        "    WHEN TRUE DO\n"
+        "        COMMAND ls\n"
+        "        OPTION -l\n"
+        "        EXEC\n"
+        "    END\n"
+        "END\n"
+    )
+    (parallel,) = agent.phase(Phase.RUN)
+    assert isinstance(parallel, Parallel)
+    assert len(parallel.body) == 2
+
+
+def test_parallel_errors() -> None:
+    found = errors(
+        HEADER
+        + "CLEANUP\n  PARALLEL\n  END\nEND\n"
+        + "PARALLEL\n  CHECK TRUE\n  COMMAND ls\n  ON_FAILURE\n  END\nEND\n"
+    )
+    assert found[0].startswith("t.agent:4:3: PARALLEL is allowed only in Run")
+    assert found[1].startswith("t.agent:8:3: CHECK is not allowed inside PARALLEL")
+    assert found[2].startswith(
+        "t.agent:9:3: COMMAND cannot be a direct part of PARALLEL"
+    )
+    assert found[3].startswith(
+        "t.agent:10:3: ON_FAILURE is not allowed inside PARALLEL"
+    )
+
+
+def test_cleanup_rejects_other_phases() -> None:
+    found = errors(HEADER + "CLEANUP\n  REQUIRE TRUE\n  CLEANUP\n  END\nEND\n")
+    assert found[0].startswith("t.agent:4:3: REQUIRE is not allowed inside CLEANUP")
+    assert found[1].startswith("t.agent:5:3: CLEANUP cannot be nested")
+
+
+def test_program_commands() -> None:
+    agent = parse(
+        "COMMAND useradd -m\n"
+        'OPTION -s "${shell}"\n'
+        "OPTION_IF (defined(uid)) -u ${uid}\n"
+        "EXEC_IF_OPTION IGNORE_FAILURE\n"
+        "EXEC\n"
+    )
+    start, option, option_if, exec_if, exec_plain = agent.commands
+    assert isinstance(start, ProgramStart)
+    assert [w.parts for w in start.argv] == [("useradd",), ("-m",)]
+    assert isinstance(option, ProgramOption) and option.condition is None
+    assert option.words[1].parts[0] == Variable(
+        ("shell",), option.words[1].parts[0].loc
+    )
+    assert isinstance(option_if, ProgramOption) and option_if.condition is not None
+    assert [len(w.parts) for w in option_if.words] == [1, 1]
+    assert option_if.words[0].loc.column == 26
+    assert isinstance(exec_if, ProgramExec)
+    assert exec_if.only_if_option and exec_if.ignore_failure
+    assert isinstance(exec_plain, ProgramExec)
+    assert not exec_plain.only_if_option and not exec_plain.ignore_failure
+
+
+def test_exec_words_keep_values_in_one_argument() -> None:
+    (command,) = parse(
+        "EXEC_COMMAND echo ${this.username} \"${this.shell}\" a${x}b 'q ${y}'\n"
+    ).commands
+    assert isinstance(command, ExecCommand)
+    words = command.argv
+    assert len(words) == 5
+    assert words[1].parts == (Variable(("this", "username"), words[1].parts[0].loc),)
+    assert words[3].parts[0] == "a" and words[3].parts[2] == "b"
+    assert words[4].parts[0] == "q "
+
+
+def test_exec_word_errors() -> None:
+    found = errors(
+        HEADER + 'EXEC_COMMAND echo "open\nEXEC_COMMAND ls | wc\nEXEC_COMMAND\n'
+    )
+    assert found[0] == "t.agent:3:19: unterminated double quote"
+    assert found[1].startswith("t.agent:4:17: shell operator '|' needs a shell")
+    assert found[2] == "t.agent:5:1: EXEC_COMMAND needs a command line"
+
+
+def test_exec_without_command() -> None:
+    assert errors(HEADER + "EXEC\nOPTION -x\n") == [
+        "t.agent:3:1: EXEC without a COMMAND before it",
+        "t.agent:4:1: OPTION without a COMMAND before it",
+    ]
+
+
+def test_call_command_from_registry() -> None:
+    registry = Registry.default()
+    registry.add_command(CommandSpec("notify", 1, 2, lambda ctx, *a: 1))
+    (call,) = parse('CALL notify("ops", this.id)\n', registry).commands
+    assert isinstance(call, CallCommand)
+    assert call.name == "notify"
+    assert len(call.args) == 2
+    found = errors(HEADER + "CALL notify()\nCALL missing(1)\n", registry)
+    assert found == [
+        "t.agent:3:6: notify() takes 1 or 2 arguments, got 0",
+        "t.agent:4:6: unknown command 'missing' in CALL",
+    ]
+
+
+def test_match_pattern_compiled() -> None:
+    (command,) = parse(
+        "REQUIRE this.email MATCHES /^([a-z]+)@example\\.org$/i\n"
+    ).commands
+    assert isinstance(command, Condition)
+    assert isinstance(command.expr, Match)
+    assert command.expr.pattern.flags & re.IGNORECASE
+    assert command.expr.pattern.search("BOB@example.org")
+
+
+def test_crlf_tabs_and_comments() -> None:
+    text = (
+        "#!fleetconf-agent\r\nNAME\tx\r\nMNEMONIC\tx\r\n\r\n# a comment\r\n"
+        "\tWHEN TRUE DO # trailing\r\n\t\tECHO a # not a comment\r\n\tEND\r\n"
+    )
+    agent = parse_agent(text, "crlf.agent")
+    (when,) = agent.commands
+    (echo,) = when.body
+    assert isinstance(echo, Echo)
+    assert echo.text.parts == ("a # not a comment",)
+    assert echo.loc.line == 7
+    assert echo.loc.column == 3
+
+
+def test_every_error_reported() -> None:
+    found = errors(
+        "NAME x\n"
+        "MNEMONIC y\n"
+        "ECHO fine\n"
+        "echo lower\n"
+        "FROB x\n"
+        "CHECK x = \n"
+        "SET y = nosuch(1)\n"
+        "SET z = size(1, 2)\n"
+        "REQUIRE x MATCHES /(/\n"
+        "REQUIRE x MATCHES /a/q\n"
+        "END\n"
+        "FOREACH v IN [1] DO\n"
+    )
+    assert found == [
+        "t.agent:4:1: unknown command 'echo'; keywords are upper case: ECHO",
+        "t.agent:5:1: unknown command 'FROB'",
+        "t.agent:6:10: unexpected end of the line; expected '(', 'FALSE', 'TRUE', "
+        "'[', a name, a number, ...",
+        "t.agent:7:9: unknown function 'nosuch'",
+        "t.agent:8:9: size() takes 0 or 1 arguments, got 2",
+        "t.agent:9:19: invalid regular expression /(/: missing ), unterminated subpattern",
+        "t.agent:10:19: unsupported regular expression flag 'q'; use i, m, s or x",
+        "t.agent:11:1: END without a block to close",
+        "t.agent:12:1: FOREACH block is never closed: END is missing",
+    ]
+
+
+def test_nul_is_an_error() -> None:
+    found = errors(HEADER + "ECHO a\0b\n")
+    assert found == ["t.agent:3:7: NUL character in the file"]
+
+
+def test_invalid_utf8(tmp_path) -> None:
+    path = tmp_path / "bad.agent"
+    path.write_bytes(b"NAME x\nMNEMONIC \xff\n")
+    with pytest.raises(AgentError) as caught:
+        load_agent(path)
+    assert (
+        str(caught.value)
+        == f"{path}:2:10: invalid UTF-8 byte; agent files must be UTF-8"
+    )
+
+
+def test_reserved_word_is_not_a_variable() -> None:
+    found = errors(HEADER + "CHECK AND\n")
+    assert found == ["t.agent:3:7: unexpected keyword 'AND'"]
+
+
+def test_set_this_only_in_run() -> None:
+    found = errors(HEADER + "CHECK_SET this.x = 1\nSET this = 1\n")
+    assert found[0].startswith("t.agent:3:11: CHECK_SET cannot change a record field")
+    assert found[1].startswith("t.agent:4:5: cannot assign to this itself")
+
+
+def test_string_literals() -> None:
+    (command,) = parse('SET s = "a\\"b\\${x}\\n${y}"\n').commands
+    assert isinstance(command, Assign)
+    template = command.expr
+    assert isinstance(template, Template)
+    assert template.parts[0] == 'a"b${x}\n'
+    assert isinstance(template.parts[1], Variable)
