@@ -242,8 +242,17 @@ def redact_secrets(
 def add_level(
     logger: WrappedLogger, method_name: str, event_dict: EventDict
 ) -> EventDict:
-    """Store the level name, which FleetdLogger passes as the method name."""
-    event_dict["level"] = _ALIASES.get(method_name, method_name)
+    """Store the level name, which FleetdLogger passes as the method name.
+
+    An event that carries a `syslog_level` key (logged through the nearest
+    stdlib-named method by code that does not rely on FleetdLogger) takes
+    its level from that key instead.
+    """
+    level = event_dict.pop("syslog_level", None)
+    if not (isinstance(level, str) and level.lower() in LEVELS):
+        level = _ALIASES.get(method_name, method_name)
+    event_dict["level"] = level.lower()
+
     return event_dict
 
 

@@ -282,3 +282,16 @@ def test_field_names_made_valid() -> None:
     assert "F2X" in names
     assert "FLEETD_MESSAGE" in names
     assert names.count("MESSAGE") == 1
+
+
+def test_syslog_level_key_sets_priority(listener, parse_journal: Callable) -> None:
+    configure_logging(
+        level="info",
+        target="journal",
+        stream=io.StringIO(),
+        journal_socket=listener.path,
+    )
+    structlog.get_logger().info("agent_unscheduled", syslog_level="notice")
+    fields = parse_journal(listener.receive())
+    assert fields["PRIORITY"] == "5"
+    assert "SYSLOG_LEVEL" not in fields
