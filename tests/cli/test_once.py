@@ -1,0 +1,217 @@
+"""`fleetd once`: reports, exit statuses, selection, pretend, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from conftest import Site, fleetd_command
+
+FIELDS = {
+    "agent", "mnemonic", "workflow", "record", "outcome", "run", "cleanup",
+    "reason", "duration_s",
+}  # fmt: skip
+
+PROVISION = """\
+NAME     Provision
+MNEMONIC provision
+WORKFLOW requests
+
+REQUIRE this.status = "approved"
+REQUIRE this.user MATCHES /^[a-z]+$/
+EXEC_COMMAND mkdir -p "@ROOT@/home/${this.user}"
+SET this.status = "done"
+CLEANUP
+    ECHO cleaned ${this.id}
+END
+"""
+
+
+def test_json_report_fields(site: Site, reports) -> None:
+    site.write("provision.agent", PROVISION)
+    site.request("r1", status="approved", user="alice")
+    site.request("r2", status="pending", user="bob")
+    result = site.run("once", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = reports(result.stdout)
+    assert len(lines) == 2
+    by_record = {line["record"]: line for line in lines}
+    for line in lines:
+        assert set(line) - {"run_id", "would"} == FIELDS
+        assert line["agent"] == "Provision"
+        assert line["mnemonic"] == "provision"
+        assert line["workflow"] == "requests"
+        assert isinstance(line["duration_s"], float)
+    assert by_record["r1"]["outcome"] == "committed"
+    assert by_record["r1"]["run"] == "succeeded"
+    assert by_record["r1"]["cleanup"] == "succeeded"
+    assert by_record["r1"]["reason"] is None
+    assert by_record["r2"]["outcome"] == "skipped"
+    assert by_record["r2"]["run"] == "not_run"
+    assert by_record["r2"]["cleanup"] == "not_run"
+    assert (
+        'provision.agent:5: REQUIRE this.status = "approved"'
+        in (by_record["r2"]["reason"])
+    )
+    assert "cleaned r1" in result.stdout
+    assert json.loads((site.spool / "r1.json").read_text())["status"] == "done"
+    assert (site.root / "home/alice").is_dir()
+
+
+def test_stdout_has_only_echo_and_reports(site: Site) -> None:
+    site.write("provision.agent", PROVISION)
+    site.request("r1", status="approved", user="alice")
+    result = site.run("once", "--json", "-vv")
+    lines = result.stdout.splitlines()
+    assert lines == ["cleaned r1", lines[1]]
+    assert json.loads(lines[1])["outcome"] == "committed"
+    assert "run_finished" in result.stderr
+
+
+def test_null_record_is_json_null(site: Site, reports) -> None:
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nEXEC_COMMAND true\n")
+    [line] = reports(site.run("once", "--json").stdout)
+    assert line["record"] is None
+    assert line["workflow"] == "Null"
+
+
+def test_exit_0_when_all_runs_fine(site: Site) -> None:
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nEXEC_COMMAND true\n")
+    assert site.run("once").returncode == 0
+
+
+def test_exit_1_on_error_outcome(site: Site, reports) -> None:
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nEXEC_COMMAND false\n")
+    result = site.run("once", "--json")
+    assert result.returncode == 1
+    assert reports(result.stdout)[0]["outcome"] == "error"
+
+
+def test_exit_1_on_invalid_record(site: Site, reports) -> None:
+    site.write("provision.agent", PROVISION)
+    (site.spool / "broken.json").write_text("{")
+    result = site.run("once", "--json")
+    assert result.returncode == 1
+    [line] = reports(result.stdout)
+    assert line["outcome"] == "invalid"
+    assert line["record"] == "broken"
+    assert line["reason"].startswith("invalid JSON")
+
+
+def test_exit_2_on_config_error(site: Site) -> None:
+    path = site.write("10-bad.toml", "[daemon]\nmax_concurrency = -1\n")
+    result = site.run("once")
+    assert result.returncode == 2
+    assert f"{path}: daemon.max_concurrency: expected a whole number" in (result.stderr)
+    assert result.stdout == ""
+
+
+def test_exit_2_on_bad_usage(site: Site) -> None:
+    assert site.run("once", "--no-such-option").returncode == 2
+    assert site.run().returncode == 2
+    assert site.run("frobnicate").returncode == 2
+
+
+def test_invalid_agent_file_others_still_run(site: Site, reports) -> None:
+    path = site.write("bad.agent", "NAME Bad\nMNEMONIC bad\nWHEN 1 DO\n")
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nEXEC_COMMAND true\n")
+    result = site.run("once", "--json")
+    assert result.returncode == 2
+    assert f"{path}:" in result.stderr
+    assert [line["agent"] for line in reports(result.stdout)] == ["Host"]
+
+
+def test_select_by_name_and_file(site: Site, reports) -> None:
+    site.write("a.agent", "NAME A\nMNEMONIC a\nECHO ran-a\n")
+    site.write("b.agent", "NAME B\nMNEMONIC b\nECHO ran-b\n")
+    result = site.run("once", "-a", "B")
+    assert result.returncode == 0
+    assert "ran-b" in result.stdout
+    assert "ran-a" not in result.stdout
+
+    outside = site.root / "extra.agent"
+    outside.write_text("NAME Extra\nMNEMONIC extra\nECHO ran-extra\n")
+    result = site.run("once", "-f", str(outside))
+    assert result.returncode == 0
+    assert "ran-extra" in result.stdout
+    assert "ran-a" not in result.stdout
+
+
+def test_unknown_agent_name_exits_2(site: Site) -> None:
+    site.write("a.agent", "NAME A\nMNEMONIC a\nECHO ran-a\n")
+    result = site.run("once", "-a", "Nope")
+    assert result.returncode == 2
+    assert "no agent named 'Nope'" in result.stderr
+
+
+def test_manual_agent_runs_only_when_named(site: Site) -> None:
+    site.write("m.agent", "NAME M\nMNEMONIC m\nSCHEDULE manual\nECHO ran-m\n")
+    assert "ran-m" not in site.run("once").stdout
+    assert "ran-m" in site.run("once", "-a", "M").stdout
+
+
+def test_pretend_takes_no_lock_and_writes_nothing(site: Site, reports) -> None:
+    site.write("provision.agent", PROVISION)
+    site.request("r1", status="approved", user="alice")
+    result = site.run("once", "--pretend", "--json")
+    assert result.returncode == 0
+    [line] = reports(result.stdout)
+    assert line["outcome"] == "pretend"
+    assert not (site.root / "home").exists()
+    assert json.loads((site.spool / "r1.json").read_text())["status"] == "approved"
+    history = site.run("history", "r1", "--json")
+    assert history.stdout == ""
+
+
+def test_table_output_without_json(site: Site) -> None:
+    site.write("provision.agent", PROVISION)
+    site.request("r1", status="approved", user="alice")
+    site.request("r2", status="pending", user="bob")
+    result = site.run("once")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("Provision"))
+    assert "mnemonic provision, workflow requests" in header
+    assert "1 committed, 1 skipped" in header
+    assert any(line.split()[:2] == ["r1", "committed"] for line in lines)
+    assert any(line.split()[:2] == ["r2", "skipped"] for line in lines)
+
+
+def test_verbosity_before_and_after_command(site: Site) -> None:
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nEXEC_COMMAND echo hi\n")
+    quiet = site.run("-q", "-q", "once", "-q")
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
+    loud = site.run("-v", "once", "-v")
+    assert "debug" in loud.stderr
+
+
+def test_sigterm_cancels_run_and_cleanup_runs(site: Site, reports) -> None:
+    site.write("90-grace.toml", '[daemon]\nshutdown_grace = "200ms"\n')
+    site.write(
+        "slow.agent",
+        "NAME Slow\nMNEMONIC slow\nEXEC_COMMAND touch @ROOT@/started\n"
+        "EXEC_COMMAND sleep 30.25\nON_FAILURE\n  ECHO cleanup-ran\nEND\n",
+    )
+    process = subprocess.Popen(
+        fleetd_command() + ["--conf-dir", str(site.conf_dir), "once", "--json"],
+        cwd=site.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (site.root / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    [line] = reports(stdout)
+    assert line["outcome"] == "rolled_back"
+    assert line["run"] == "failed"
+    assert line["cleanup"] == "succeeded"
+    assert "cleanup-ran" in stdout

@@ -1,0 +1,187 @@
+"""`status`, `history`, `retry`, `check`, `db upgrade`, `--help`, `--version`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+from conftest import Site, fleetd_command
+
+import fleetd
+
+BROKEN = """\
+NAME     Broken
+MNEMONIC broken
+WORKFLOW requests
+
+SET this.status = "attempted"
+EXEC_COMMAND false
+"""
+
+
+def test_status_json_shape(site: Site) -> None:
+    site.write("broken.agent", BROKEN)
+    site.write(
+        "never.agent", 'NAME Never\nMNEMONIC never\nPREREQUISITE OS() = "plan9"\n'
+    )
+    site.request("dave", status="approved")
+    assert site.run("once").returncode == 1
+    result = site.run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert set(status) >= {"agents", "locks", "counts", "errors"}
+    agents = {agent["name"]: agent for agent in status["agents"]}
+    assert agents["Broken"] == {
+        "name": "Broken",
+        "mnemonic": "broken",
+        "workflow": "requests",
+        "file": str(site.conf_dir / "broken.agent"),
+        "scheduled": True,
+        "reason": None,
+    }
+    assert agents["Never"]["scheduled"] is False
+    assert 'PREREQUISITE OS() = "plan9"' in agents["Never"]["reason"]
+    assert status["locks"] == []
+    assert status["counts"] == {"Broken": {"error": 1}}
+    [error] = status["errors"]
+    assert error["agent"] == "Broken"
+    assert error["record"] == "dave"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", error["at"])
+    assert "reason" in error
+
+
+def test_status_text_sections(site: Site) -> None:
+    site.write("broken.agent", BROKEN)
+    site.request("dave", status="approved")
+    site.run("once")
+    result = site.run("status")
+    assert result.returncode == 0
+    for heading in ["Agents", "Locks held", "Resolutions by agent", "Records in error"]:
+        assert heading in result.stdout.splitlines()
+    assert "dave" in result.stdout
+
+
+def test_history_newest_first(site: Site) -> None:
+    site.write("broken.agent", BROKEN)
+    site.request("dave", status="approved")
+    site.run("once")
+    assert site.run("retry", "-a", "Broken", "dave").returncode == 0
+    site.run("once")
+    result = site.run("history", "dave", "--json")
+    assert result.returncode == 0
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(entries) == 2
+    assert entries[0]["at"] >= entries[1]["at"]
+    for entry in entries:
+        assert entry["agent"] == "Broken"
+        assert entry["mnemonic"] == "broken"
+        assert entry["workflow"] == "requests"
+        assert entry["record"] == "dave"
+        assert entry["resolution"] == "error"
+        assert entry["run_id"]
+        assert entry["owner"]
+    text = site.run("history", "dave")
+    assert text.stdout.count("error") >= 2
+
+
+def test_history_of_unknown_record(site: Site) -> None:
+    result = site.run("history", "nobody")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert "no resolution of record 'nobody'" in result.stderr
+
+
+def test_retry_brings_error_back(site: Site, reports) -> None:
+    site.write("broken.agent", BROKEN)
+    site.request("dave", status="approved")
+    assert site.run("once").returncode == 1
+    second = site.run("once", "--json")
+    assert reports(second.stdout)[0]["outcome"] == "done"
+    assert reports(second.stdout)[0]["reason"] == "in error"
+    retry = site.run("retry", "-a", "Broken", "dave")
+    assert retry.returncode == 0
+    assert "cleared 1 of 1 marks for mnemonic broken" in retry.stderr
+    third = site.run("once", "--json")
+    assert reports(third.stdout)[0]["outcome"] == "error"
+
+
+def test_retry_unknown_agent_exits_2(site: Site) -> None:
+    result = site.run("retry", "-a", "Nobody", "dave")
+    assert result.returncode == 2
+    assert "no agent named 'Nobody'" in result.stderr
+
+
+def test_check_reports_errors_with_position(site: Site) -> None:
+    site.write("good.agent", "NAME Good\nMNEMONIC good\nECHO hi\n")
+    path = site.write("bad.agent", "NAME Bad\nMNEMONIC bad\nNOSUCH thing\n")
+    result = site.run("check")
+    assert result.returncode == 2
+    assert re.search(rf"{re.escape(str(path))}:3:\d+: ", result.stderr)
+    assert result.stdout == ""
+
+
+def test_check_passes_and_warns_shared_mnemonic(site: Site) -> None:
+    site.write("a.agent", "NAME A\nMNEMONIC same\nECHO a\n")
+    site.write("b.agent", "NAME B\nMNEMONIC same\nECHO b\n")
+    result = site.run("check")
+    assert result.returncode == 0
+    assert "agents A, B share mnemonic same" in result.stderr
+    assert "2 agents, 1 workflows, no errors" in result.stderr
+
+
+def test_check_config_error_exits_2(site: Site) -> None:
+    path = site.write("10-x.toml", "[daemon]\nnope = 1\n")
+    result = site.run("check")
+    assert result.returncode == 2
+    assert f"{path}: daemon.nope: unknown key" in result.stderr
+
+
+def test_db_upgrade_creates_state(site: Site) -> None:
+    result = site.run("db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert (site.root / "state.db").exists()
+    assert "schema version" in result.stderr
+
+
+def test_version(site: Site) -> None:
+    result = site.run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"fleetd {fleetd.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ([], ["--conf-dir", "FLEETD_CONF_DIR", "--log-target", "--verbose"]),
+        (["once"], ["--agent", "--file", "--pretend", "--json", "--quiet"]),
+        (["status"], ["--json"]),
+        (["retry"], ["--agent", "RECORD"]),
+        (["history"], ["--workflow", "--json"]),
+        (["db"], ["upgrade"]),
+        (["run"], ["--conf-dir"]),
+        (["check"], ["--conf-dir"]),
+    ],
+)
+def test_help_describes_options(site: Site, command: list[str], words) -> None:
+    result = site.run(*command, "--help")
+    assert result.returncode == 0
+    for word in words:
+        assert word in result.stdout
+
+
+def test_conf_dir_from_environment(site: Site, tmp_path) -> None:
+    site.write("a.agent", "NAME A\nMNEMONIC a\nECHO from-env\n")
+    result = subprocess.run(
+        fleetd_command() + ["once"],
+        env={**os.environ, "FLEETD_CONF_DIR": str(site.conf_dir)},
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "from-env" in result.stdout
