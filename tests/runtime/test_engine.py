@@ -1,0 +1,357 @@
+"""The engine: locks, recovery, fencing, pretend, plugins, concurrency."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import anyio
+
+from fleetd.lang import CommandSpec
+from fleetd.locks import LockKey, current_owner
+from fleetd.runtime import Engine, Outcome, PhaseResult
+from tests.runtime.conftest import Fleet
+
+PROVISION = """
+    NAME     Provision
+    MNEMONIC provision
+    WORKFLOW requests
+    REQUIRE this.status = "approved"
+    SET this.status = "done"
+    ECHO provisioned ${this.id}
+    """
+
+
+async def test_abandoned_lock_reported_once_as_interrupted(fleet: Fleet) -> None:
+    fleet.record("olga", status="approved")
+    fleet.agent(PROVISION)
+    finished = await anyio.run_process(["sh", "-c", "echo $$"])
+    dead_pid = int(finished.stdout)
+    owner = dataclasses.replace(current_owner(), pid=dead_pid, instance="gone")
+    async with fleet.engine() as engine:
+        await engine.store.acquire(
+            LockKey("requests", "olga", "provision"),
+            owner,
+            "Provision",
+            "run-of-a-dead-daemon",
+            60.0,
+            check_mark=True,
+        )
+    first = await fleet.cycle()
+    assert [(r.outcome, r.record, r.reason) for r in first] == [
+        (Outcome.ERROR, "olga", "interrupted"),
+        (Outcome.DONE, "olga", "in error"),
+    ]
+    assert first[0].run_id == "run-of-a-dead-daemon"
+    second = await fleet.cycle()
+    assert [(r.outcome, r.reason) for r in second] == [(Outcome.DONE, "in error")]
+    assert fleet.echoed == []
+    assert fleet.fields("olga") == {"status": "approved"}
+
+
+async def test_record_locked_by_live_owner(fleet: Fleet) -> None:
+    fleet.record("pia", status="approved")
+    fleet.agent(PROVISION)
+    other = dataclasses.replace(current_owner(), instance="another-daemon")
+    async with fleet.engine() as engine:
+        await engine.store.acquire(
+            LockKey("requests", "pia", "provision"),
+            other,
+            "Provision",
+            "other-run",
+            60.0,
+            check_mark=True,
+        )
+    [report] = await fleet.cycle()
+    assert report.outcome is Outcome.LOCKED
+    assert report.reason is not None
+    assert fleet.echoed == []
+
+
+async def test_late_commit_rejected_after_lease_lost(
+    fleet: Fleet, events: list
+) -> None:
+    fleet.record("quinn", status="approved")
+    engines: list[Engine] = []
+
+    async def take_over(context: Any) -> int:
+        # Another daemon found the lease expired and recovered the lock.
+        store = engines[0].store
+        [lock] = [lock for lock in await store.locks() if lock.key.record == "quinn"]
+        assert await store.resolve_abandoned(lock, "interrupted")
+        return 1
+
+    fleet.registry.add_command(CommandSpec("take_over", 0, 0, take_over))
+    fleet.agent(
+        """
+        NAME     Provision
+        MNEMONIC provision
+        WORKFLOW requests
+        SET this.status = "done"
+        CALL take_over()
+        """
+    )
+    agents = fleet.load()
+    async with fleet.engine() as engine:
+        engines.append(engine)
+        [report] = await engine.run_cycle(agents.agents["Provision"])
+        history = await engine.store.history("quinn")
+    assert report.outcome is Outcome.ERROR
+    assert report.reason == "lease lost"
+    assert report.run is PhaseResult.SUCCEEDED
+    assert fleet.fields("quinn") == {"status": "approved"}
+    assert [entry.reason for entry in history] == ["interrupted"]
+    assert any(e["event"] == "resolution_rejected" for e in events)
+
+
+async def test_pretend_runs_nothing_and_writes_nothing(
+    fleet: Fleet, events: list
+) -> None:
+    fleet.record("frank", status="approved")
+    fleet.record("gina", status="pending")
+    fleet.agent(
+        f"""
+        NAME     Provision
+        MNEMONIC provision
+        WORKFLOW requests
+        REQUIRE this.status = "approved"
+        EXEC_COMMAND touch {fleet.root}/touched-${{this.id}}
+        SET this.status = "done"
+        ECHO shown only
+        """
+    )
+    reports = await fleet.cycle(pretend=True)
+    assert [(r.record, r.outcome, r.would) for r in reports] == [
+        ("frank", Outcome.PRETEND, "commit"),
+        ("gina", Outcome.SKIPPED, None),
+    ]
+    assert reports[0].run is PhaseResult.NOT_RUN
+    assert reports[0].cleanup is PhaseResult.NOT_RUN
+    assert not (fleet.root / "touched-frank").exists()
+    assert fleet.fields("frank") == {"status": "approved"}
+    assert fleet.echoed == []
+    [change] = [e for e in events if e["event"] == "pretend_set"]
+    assert change["field"] == "status"
+    assert change["value"] == "done"
+    [program] = [e for e in events if e["event"] == "pretend_exec"]
+    assert program["argv"] == ["touch", f"{fleet.root}/touched-frank"]
+    async with fleet.engine() as engine:
+        assert await engine.store.history("frank") == []
+        assert await engine.store.locks() == []
+
+    [real, _] = await fleet.cycle()
+    assert real.outcome is Outcome.COMMITTED
+    fleet.record("frank", status="approved")
+    [again, _] = await fleet.cycle(pretend=True)
+    assert again.outcome is Outcome.DONE
+
+
+async def test_pretend_names_resolution_after_failed_check(fleet: Fleet) -> None:
+    fleet.record("rollback", size=1)
+    fleet.agent(
+        """
+        NAME     WithCleanup
+        MNEMONIC withcleanup
+        WORKFLOW requests
+        CHECK this.size > 10
+        ON_FAILURE
+            ECHO undo
+        END
+        """,
+        name="a.agent",
+    )
+    fleet.agent(
+        """
+        NAME     WithoutCleanup
+        MNEMONIC withoutcleanup
+        WORKFLOW requests
+        CHECK this.size > 10
+        """,
+        name="b.agent",
+    )
+    reports = await fleet.cycle(pretend=True)
+    assert [(r.agent, r.would) for r in reports] == [
+        ("WithCleanup", "rollback"),
+        ("WithoutCleanup", "error"),
+    ]
+    assert all(r.reason and "CHECK this.size > 10" in r.reason for r in reports)
+    assert fleet.echoed == []
+
+
+async def test_pretend_calls_only_side_effect_free_commands(fleet: Fleet) -> None:
+    called: list[str] = []
+    fleet.registry.add_command(
+        CommandSpec(
+            "look", 0, 0, lambda ctx: called.append("look") or 1, side_effect_free=True
+        )
+    )
+    fleet.registry.add_command(
+        CommandSpec("touch", 0, 0, lambda ctx: called.append("touch") or 1)
+    )
+    fleet.agent(
+        """
+        NAME     Calls
+        MNEMONIC calls
+        CALL look()
+        CALL touch()
+        """
+    )
+    [report] = await fleet.cycle(pretend=True)
+    assert report.outcome is Outcome.PRETEND
+    assert called == ["look"]
+
+
+async def test_call_false_or_raising_fails(fleet: Fleet) -> None:
+    def refuse(ctx: Any) -> int:
+        return 0
+
+    def explode(ctx: Any) -> int:
+        raise OSError("no route")
+
+    fleet.registry.add_command(CommandSpec("refuse", 0, 0, refuse))
+    fleet.registry.add_command(CommandSpec("explode", 0, 0, explode))
+    fleet.agent(
+        """
+        NAME     Refuse
+        MNEMONIC refuse
+        CALL refuse()
+        """,
+        name="a.agent",
+    )
+    fleet.agent(
+        """
+        NAME     Explode
+        MNEMONIC explode
+        CALL explode()
+        """,
+        name="b.agent",
+    )
+    reports = await fleet.cycle()
+    assert [r.run for r in reports] == [PhaseResult.FAILED, PhaseResult.FAILED]
+    assert reports[0].reason is not None
+    assert "refuse returned false" in reports[0].reason
+    assert reports[1].reason is not None
+    assert "explode raised OSError: no route" in reports[1].reason
+
+
+async def test_call_hooks_run_after_resolution(fleet: Fleet) -> None:
+    seen: list[tuple[str, str | None, Any]] = []
+
+    async def register(ctx: Any, fail: Any) -> int:
+        ctx.on_commit(lambda: seen.append(("commit", ctx.record_id, ctx.record)))
+        ctx.on_rollback(lambda: seen.append(("rollback", ctx.record_id, None)))
+        ctx.on_error(lambda: seen.append(("error", ctx.record_id, None)))
+        return 0 if fail == "yes" else 1
+
+    fleet.registry.add_command(CommandSpec("register", 1, 1, register))
+    fleet.record("ok", fail="no")
+    fleet.record("bad", fail="yes")
+    fleet.agent(
+        """
+        NAME     Hooks
+        MNEMONIC hooks
+        WORKFLOW requests
+        SET this.step = 1
+        CALL register(this.fail)
+        ON_FAILURE
+            ECHO undo
+        END
+        """
+    )
+    reports = await fleet.cycle()
+    assert [(r.record, r.outcome) for r in reports] == [
+        ("bad", Outcome.ROLLED_BACK),
+        ("ok", Outcome.COMMITTED),
+    ]
+    assert seen == [
+        ("rollback", "bad", None),
+        ("commit", "ok", {"id": "ok", "fail": "no", "step": 1}),
+    ]
+
+
+async def test_unreadable_record_is_invalid(fleet: Fleet) -> None:
+    (fleet.spool / "broken.json").write_text("{not json")
+    fleet.record("fine", status="approved")
+    fleet.agent(PROVISION)
+    reports = await fleet.cycle()
+    outcomes = {r.record: r.outcome for r in reports}
+    assert outcomes == {"broken": Outcome.INVALID, "fine": Outcome.COMMITTED}
+
+
+async def _max_concurrent(fleet: Fleet, agent_concurrency: int) -> int:
+    running = 0
+    peak = 0
+
+    async def track(ctx: Any) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await anyio.sleep(0.05)
+        running -= 1
+        return 1
+
+    fleet.registry.add_command(CommandSpec("track", 0, 0, track))
+    for number in range(8):
+        fleet.record(f"r{number}")
+    fleet.agent(
+        f"""
+        NAME        Busy
+        MNEMONIC    busy
+        WORKFLOW    requests
+        CONCURRENCY {agent_concurrency}
+        CALL track()
+        """
+    )
+    reports = await fleet.cycle()
+    assert len(reports) == 8
+    assert all(r.outcome is Outcome.COMMITTED for r in reports)
+    return peak
+
+
+async def test_agent_concurrency_limits_runs(fleet: Fleet) -> None:
+    assert await _max_concurrent(fleet, 3) == 3
+
+
+async def test_max_concurrency_limits_runs(fleet: Fleet) -> None:
+    fleet.settings(daemon="max_concurrency = 2")
+    assert await _max_concurrent(fleet, 5) == 2
+
+
+async def test_stop_starting_ends_cycle_after_runs_in_flight(fleet: Fleet) -> None:
+    engines: list[Engine] = []
+
+    def stop(ctx: Any) -> int:
+        engines[0].stop_starting()
+        return 1
+
+    fleet.registry.add_command(CommandSpec("stop", 0, 0, stop))
+    for number in range(3):
+        fleet.record(f"s{number}")
+    fleet.agent(
+        """
+        NAME     Stopper
+        MNEMONIC stopper
+        WORKFLOW requests
+        CALL stop()
+        """
+    )
+    agents = fleet.load()
+    async with fleet.engine() as engine:
+        engines.append(engine)
+        reports = await engine.run_cycle(agents.agents["Stopper"])
+        assert await engine.run_cycle(agents.agents["Stopper"]) == []
+        assert engine.statistics().runs_done == 1
+    assert [(r.record, r.outcome) for r in reports] == [("s0", Outcome.COMMITTED)]
+
+
+async def test_unscheduled_agent_runs_nothing(fleet: Fleet) -> None:
+    fleet.agent(
+        """
+        NAME         Windows
+        MNEMONIC     windows
+        PREREQUISITE OS() = "MSWin32"
+        ECHO never
+        """
+    )
+    assert await fleet.cycle() == []
+    assert fleet.echoed == []
