@@ -4,7 +4,8 @@ Usage: python child.py URL MODE [ARGS...]
 
   hold RECORD        take the lock on RECORD, print "locked", sleep
   commit RECORD      take the lock, commit, print "committed", sleep
-  race COUNT         begin/commit every record 0..COUNT-1, print the count
+  race COUNT         print "ready", wait for a line on stdin, then
+                     begin/commit every record 0..COUNT-1 and print how many
                      this process committed
 """
 
@@ -14,7 +15,9 @@ import asyncio
 import sys
 import uuid
 
-from fleetd.locks import Done, LockKey, Locked, LockManager, current_owner, open_store
+import structlog
+
+from fleetd.locks import Done, Locked, LockKey, LockManager, current_owner, open_store
 
 WORKFLOW = "accounts"
 MNEMONIC = "mk"
@@ -26,18 +29,28 @@ async def main(url: str, mode: str, argument: str) -> None:
     try:
         async with LockManager(store, current_owner(), lease=30.0) as locks:
             if mode == "hold":
-                await locks.begin(LockKey(WORKFLOW, argument, MNEMONIC), agent="a",
-                                  run_id=uuid.uuid4().hex, check_mark=True)
+                await locks.begin(
+                    LockKey(WORKFLOW, argument, MNEMONIC),
+                    agent="a",
+                    run_id=uuid.uuid4().hex,
+                    check_mark=True,
+                )
                 print("locked", flush=True)
                 await asyncio.sleep(3600)
             elif mode == "commit":
                 transaction = await locks.begin(
-                    LockKey(WORKFLOW, argument, MNEMONIC), agent="a",
-                    run_id=uuid.uuid4().hex, check_mark=True)
+                    LockKey(WORKFLOW, argument, MNEMONIC),
+                    agent="a",
+                    run_id=uuid.uuid4().hex,
+                    check_mark=True,
+                )
                 await transaction.commit()
                 print("committed", flush=True)
                 await asyncio.sleep(3600)
             elif mode == "race":
+                # Start together: the test releases every child at once.
+                print("ready", flush=True)
+                await asyncio.to_thread(sys.stdin.readline)
                 committed = await race(locks, int(argument))
                 print(committed, flush=True)
     finally:
@@ -51,11 +64,13 @@ async def race(locks: LockManager, count: int) -> int:
         nonlocal committed
         key = LockKey(WORKFLOW, f"r{record:05d}", MNEMONIC)
         try:
-            transaction = await locks.begin(key, agent="a", run_id=uuid.uuid4().hex,
-                                            check_mark=True)
+            transaction = await locks.begin(
+                key, agent="a", run_id=uuid.uuid4().hex, check_mark=True
+            )
         except (Locked, Done):
             return
         transaction.stage("state", "done")
+        await asyncio.sleep(0.01)  # the Run phase, while the lock is held
         await transaction.commit()
         committed += 1
 
@@ -72,4 +87,6 @@ async def race(locks: LockManager, count: int) -> int:
 
 
 if __name__ == "__main__":
+    # Logs go to stderr: stdout carries the replies the test reads.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -4,7 +4,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,10 @@ class Child:
     def __init__(self, url: str, mode: str, argument: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(CHILD), url, mode, argument],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "PYTHONPATH": str(CHILD.parents[2])},
         )
 
@@ -48,6 +51,11 @@ class Child:
             raise AssertionError(f"child ended: {self.process.stderr.read()}")
         return line
 
+    def release(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
@@ -59,9 +67,16 @@ class Child:
 
 
 @pytest.fixture
-def children() -> Iterator[list[Child]]:
+def spawn() -> Iterator[Callable[[str, str, str], Child]]:
+    """Start child processes; any still running at teardown are killed."""
     started: list[Child] = []
-    yield started
+
+    def start(url: str, mode: str, argument: str) -> Child:
+        child = Child(url, mode, argument)
+        started.append(child)
+        return child
+
+    yield start
     for child in started:
         if child.process.poll() is None:
             child.kill()

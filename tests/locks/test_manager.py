@@ -220,9 +220,8 @@ async def test_expired_lease_cannot_commit(sqlite_store: SQLiteStore) -> None:
     locks = LockManager(sqlite_store, current_owner(), lease=0.2)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     await asyncio.sleep(0.4)
-    with capture_logs() as logs:
-        with pytest.raises(LeaseLost):
-            await transaction.commit()
+    with capture_logs() as logs, pytest.raises(LeaseLost):
+        await transaction.commit()
     assert transaction.lost
     assert await sqlite_store.history("alice") == []
     assert [e["event"] for e in logs if e["log_level"] == "error"] == [
@@ -305,21 +304,24 @@ async def test_reused_pid_is_abandoned(sqlite_store: SQLiteStore) -> None:
 async def test_recover_abandoned_by_workflow(sqlite_store: SQLiteStore) -> None:
     holder = LockManager(sqlite_store, current_owner(), lease=0.1)
     await holder.begin(KEY, agent="a", run_id="r1", check_mark=True)
-    await holder.begin(LockKey("other", "x", "mk"), agent="a", run_id="r2",
-                       check_mark=True)
+    await holder.begin(
+        LockKey("other", "x", "mk"), agent="a", run_id="r2", check_mark=True
+    )
     await asyncio.sleep(0.3)
     locks = LockManager(sqlite_store, other_owner(), lease=30)
-    assert [lock.run_id for lock in await locks.recover_abandoned("accounts")] == [
-        "r1"
-    ]
+    assert [lock.run_id for lock in await locks.recover_abandoned("accounts")] == ["r1"]
     assert [lock.run_id for lock in await sqlite_store.locks()] == ["r2"]
 
 
 async def test_recovery_reported_once(sqlite_store: SQLiteStore) -> None:
     holder = LockManager(sqlite_store, current_owner(), lease=0.1)
     for record in range(10):
-        await holder.begin(LockKey("accounts", str(record), "mk"), agent="a",
-                           run_id=str(record), check_mark=True)
+        await holder.begin(
+            LockKey("accounts", str(record), "mk"),
+            agent="a",
+            run_id=str(record),
+            check_mark=True,
+        )
     await asyncio.sleep(0.3)
     managers = [LockManager(sqlite_store, other_owner(), lease=30) for _ in range(3)]
     results = await asyncio.gather(*(m.recover_abandoned() for m in managers))
