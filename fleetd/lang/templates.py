@@ -16,9 +16,10 @@ REFERENCE_RE = re.compile(
     r"\$\{\s*([A-Za-z0-9_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\s*\}"
 )
 
-# Escapes of double-quoted strings; any other escaped character stands for
-# itself, as in FleetConf (`\"` is a quote, `\$` a dollar that starts no
-# reference).
+# Escapes of double-quoted strings, plus `\xHH` and `\x{HHHH}`; any other
+# escaped character stands for itself, as in FleetConf (`\"` is a quote,
+# `\$` a dollar that starts no reference).
+_HEX_ESCAPE_RE = re.compile(r"\\x(?:\{([0-9A-Fa-f]{1,6})\}|([0-9A-Fa-f]{1,2}))")
 _STRING_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 
 
@@ -57,6 +58,12 @@ def string_literal(token: str, loc: Location) -> Literal | Template:
         char = body[index]
         if char == "\\" and index + 1 < length:
             escaped = body[index + 1]
+            hex_match = _HEX_ESCAPE_RE.match(body, index)
+            if hex_match is not None:
+                digits = hex_match.group(1) or hex_match.group(2)
+                chunk.append(chr(min(int(digits, 16), 0x10FFFF)))
+                index = hex_match.end()
+                continue
             chunk.append(_STRING_ESCAPES.get(escaped, escaped))
             index += 2
             continue

@@ -1,0 +1,228 @@
+"""Perl's `sprintf`, `pack` and `unpack`, for the built-in functions.
+
+Python's `%` operator shares most of `sprintf`'s conversions but numifies
+and stringifies differently (Perl's `%d` of "42abc" is 42, its `%s` of
+0.5 is "0.5"), and has no `%b`, vectors or explicit argument indexes; so
+each conversion is formatted on its own, with Perl's conversion of the
+argument. `pack`/`unpack` cover the string and integer letters that
+command lines and record fields need (a A Z H h C c n N v V U w/o
+modifiers); other letters raise ValueError.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+
+from fleetd.lang.values import Value, format_number, render, to_integer, to_number
+
+_CONVERSION_RE = re.compile(
+    r"%(?:(?P<index>\d+)\$)?(?P<flags>[-+ 0#]*)(?P<width>\*|\d+)?"
+    r"(?:\.(?P<precision>\*|\d*))?(?P<size>hh|h|ll|l|q|L|V)?(?P<conv>[%csduoxXeEfFgGbBi])"
+)
+
+
+def perl_sprintf(template: Value, *args: Value) -> str:
+    """Format `args` into `template` as Perl's sprintf does."""
+    text = render(template)
+    values = list(args)
+    position = 0
+    out: list[str] = []
+    last = 0
+
+    def next_arg() -> Value:
+        nonlocal position
+        value = values[position] if position < len(values) else None
+        position += 1
+        return value
+
+    for match in _CONVERSION_RE.finditer(text):
+        out.append(text[last : match.start()])
+        last = match.end()
+        conv = match.group("conv")
+        if conv == "%":
+            out.append("%")
+            continue
+        flags = match.group("flags") or ""
+        width_text = match.group("width")
+        precision_text = match.group("precision")
+        width: int | None = None
+        if width_text == "*":
+            width = to_integer(next_arg())
+            if width < 0:
+                flags += "-"
+                width = -width
+        elif width_text:
+            width = int(width_text)
+        precision: int | None = None
+        if precision_text == "*":
+            precision = max(to_integer(next_arg()), 0)
+        elif precision_text is not None:
+            precision = int(precision_text or "0")
+        if match.group("index"):
+            index = int(match.group("index")) - 1
+            value = values[index] if 0 <= index < len(values) else None
+        else:
+            value = next_arg()
+        out.append(_format_one(conv, flags, width, precision, value))
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _format_one(
+    conv: str, flags: str, width: int | None, precision: int | None, value: Value
+) -> str:
+    spec = flags + (str(width) if width is not None else "")
+    if conv == "s":
+        text = render(value)
+        if precision is not None:
+            text = text[:precision]
+        return ("%" + spec.replace("0", "") + "s") % text if spec else text
+    if conv == "c":
+        return ("%" + spec.replace("0", "") + "s") % chr(to_integer(value))
+    number = to_number(value)
+    if conv in "fFeEgG":
+        if isinstance(number, float) and (math.isinf(number) or math.isnan(number)):
+            return ("%" + spec.replace("0", "") + "s") % format_number(number)
+        prec = "" if precision is None else f".{precision}"
+        return ("%" + spec + prec + conv) % float(number)
+    if isinstance(number, float) and (math.isinf(number) or math.isnan(number)):
+        return ("%" + spec.replace("0", "") + "s") % (
+            "-1" if conv == "d" and number < 0 else format_number(number)
+        )
+    integer = int(number)
+    if conv in "uoxXbB" and integer < 0:
+        integer &= (1 << 64) - 1
+    if conv in "bB":
+        digits = format(integer, "b")
+        if precision is not None:
+            digits = digits.zfill(precision)
+        if "#" in flags and integer:
+            digits = "0" + conv + digits
+        sign = ""
+    else:
+        python_conv = {"i": "d", "u": "d"}.get(conv, conv)
+        digits = ("%" + ("#" if "#" in flags else "") + python_conv) % abs(integer)
+        if precision is not None:
+            prefix = digits[:2] if digits[:2] in ("0x", "0X", "0o") else ""
+            digits = prefix + digits[len(prefix) :].zfill(precision)
+        if conv == "o" and "#" in flags:
+            digits = "0" + digits[2:] if digits.startswith("0o") else digits
+        sign = "-" if integer < 0 and conv in "di" else ""
+        if not sign and conv in "di":
+            sign = "+" if "+" in flags else (" " if " " in flags else "")
+    body = sign + digits
+    if width is not None and len(body) < width:
+        if "-" in flags:
+            body = body.ljust(width)
+        elif "0" in flags and precision is None:
+            body = sign + digits.rjust(width - len(sign), "0")
+        else:
+            body = body.rjust(width)
+    return body
+
+
+_PACK_RE = re.compile(r"([aAZHhCcnNvVUw])(\*|\d+)?")
+_INTEGER_FORMATS = {"C": ">B", "c": ">b", "n": ">H", "N": ">I", "v": "<H", "V": "<I"}
+
+
+def _pack_items(template: str) -> list[tuple[str, str | None]]:
+    compact = re.sub(r"\s+", "", template)
+    items: list[tuple[str, str | None]] = []
+    position = 0
+    for match in _PACK_RE.finditer(compact):
+        if match.start() != position:
+            raise ValueError(f"unsupported pack template {template!r}")
+        items.append((match.group(1), match.group(2)))
+        position = match.end()
+    if position != len(compact):
+        raise ValueError(f"unsupported pack letter in template {template!r}")
+    return items
+
+
+def perl_pack(template: Value, items: Value) -> str:
+    """Pack the list `items` by the template; bytes come back as Latin-1 text."""
+    values = list(items) if isinstance(items, list) else [items]
+    out = bytearray()
+    for letter, count in _pack_items(render(template)):
+        if letter in "aAZ":
+            data = render(values.pop(0) if values else None).encode(
+                "latin-1", "replace"
+            )
+            if count == "*":
+                out += data + (b"\0" if letter == "Z" else b"")
+                continue
+            size = int(count or 1)
+            pad = b" " if letter == "A" else b"\0"
+            field = data[: size - 1 if letter == "Z" else size]
+            out += field + pad * (size - len(field))
+        elif letter in "Hh":
+            digits = render(values.pop(0) if values else None)
+            if count != "*":
+                digits = digits[: int(count or 1)]
+            if len(digits) % 2:
+                digits += "0"
+            if letter == "h":
+                digits = "".join(
+                    digits[i + 1] + digits[i] for i in range(0, len(digits), 2)
+                )
+            out += bytes.fromhex(digits)
+        else:
+            repeat = len(values) if count == "*" else int(count or 1)
+            for _ in range(repeat):
+                number = to_integer(values.pop(0) if values else None)
+                if letter == "U":
+                    out += chr(number).encode("utf-8")
+                elif letter == "w":
+                    chunk = [number & 0x7F]
+                    number >>= 7
+                    while number:
+                        chunk.append(0x80 | (number & 0x7F))
+                        number >>= 7
+                    out += bytes(reversed(chunk))
+                else:
+                    fmt = _INTEGER_FORMATS[letter]
+                    if letter == "c":
+                        out += struct.pack(fmt, (number + 128) % 256 - 128)
+                    else:
+                        bits = struct.calcsize(fmt) * 8
+                        out += struct.pack(fmt, number % (1 << bits))
+    return out.decode("latin-1")
+
+
+def perl_unpack(template: Value, data: Value) -> list[Value]:
+    """Unpack the Latin-1 text `data` by the template into a list."""
+    raw = render(data).encode("latin-1", "replace")
+    offset = 0
+    result: list[Value] = []
+    for letter, count in _pack_items(render(template)):
+        if letter in "aAZ":
+            size = len(raw) - offset if count == "*" else int(count or 1)
+            field = raw[offset : offset + size]
+            offset += size
+            if letter == "A":
+                field = field.rstrip(b" \0\t\n\r\f")
+            elif letter == "Z":
+                field = field.split(b"\0", 1)[0]
+            result.append(field.decode("latin-1"))
+        elif letter in "Hh":
+            digits_count = (len(raw) - offset) * 2 if count == "*" else int(count or 1)
+            size = (digits_count + 1) // 2
+            text = raw[offset : offset + size].hex()
+            if letter == "h":
+                text = "".join(text[i + 1] + text[i] for i in range(0, len(text), 2))
+            offset += size
+            result.append(text[:digits_count])
+        elif letter in "Uw":
+            raise ValueError(f"unpack letter {letter!r} is not supported")
+        else:
+            fmt = _INTEGER_FORMATS[letter]
+            size = struct.calcsize(fmt)
+            repeat = (len(raw) - offset) // size if count == "*" else int(count or 1)
+            for _ in range(repeat):
+                if offset + size > len(raw):
+                    break
+                result.append(struct.unpack_from(fmt, raw, offset)[0])
+                offset += size
+    return result
