@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from fleetd.lang import Registry
     from fleetd.runtime import AgentSet, Engine, LoadedAgent, RunReport
 
+# Records listed per outcome in the table; the rest are counted.
+TABLE_RECORDS = 6
+# Outcomes whose records get a line with their reason under the table.
+EXPLAINED_OUTCOMES = ("error", "invalid", "rolled_back", "locked")
 PROGRESS_AFTER_S = 1.0
 PROGRESS_EVERY_S = 0.2
 
@@ -250,24 +254,34 @@ def outcome_counts(reports: list[RunReport]) -> str:
 def agent_table(
     name: str, mnemonic: str, workflow: str, reports: list[RunReport], seconds: float
 ) -> str:
-    """Format the short table `once` prints after each agent's cycle."""
-    header = f"{name} (mnemonic {mnemonic}, workflow {workflow}): "
-    header += f"{len(reports)} records in {seconds:.1f} s: {outcome_counts(reports)}\n"
-    if not reports:
-        return header
-    rows = [
-        [
-            report.record,
-            report.outcome.value + (f" ({report.would})" if report.would else ""),
-            report.run.value,
-            report.cleanup.value,
-            f"{report.duration_s:.2f}s",
-            (report.reason or "").replace("\n", "; "),
-        ]
-        for report in reports
-    ]
-    table = format_table(
-        ["RECORD", "OUTCOME", "RUN", "CLEANUP", "TIME", "REASON"], rows
-    )
+    """Format the short table `once` prints after each agent's cycle.
 
-    return header + table + "\n"
+    One row per outcome with its count and first records, then the reason
+    of each record that failed, was rolled back or is pretend.
+    """
+    text = f"{name} (mnemonic {mnemonic}, workflow {workflow}): "
+    text += f"{len(reports)} records in {seconds:.1f} s\n"
+    if not reports:
+        return text
+    by_outcome: dict[str, list[str]] = {}
+    for report in reports:
+        record = "-" if report.record is None else report.record
+        by_outcome.setdefault(report.outcome.value, []).append(record)
+    rows = []
+    for outcome, records in by_outcome.items():
+        shown = " ".join(sorted(records)[:TABLE_RECORDS])
+        if len(records) > TABLE_RECORDS:
+            shown += f" ... ({len(records) - TABLE_RECORDS} more)"
+        rows.append([outcome, len(records), shown])
+    text += format_table(["OUTCOME", "COUNT", "RECORDS"], rows) + "\n"
+    for report in sorted(reports, key=lambda r: r.record or ""):
+        if report.outcome.value not in EXPLAINED_OUTCOMES:
+            continue
+        record = "-" if report.record is None else report.record
+        outcome = report.outcome.value
+        if report.would:
+            outcome += f", would {report.would}"
+        reason = (report.reason or "").replace("\n", "; ")
+        text += f"  {record} ({outcome}): {reason}\n".replace(": \n", "\n")
+
+    return text

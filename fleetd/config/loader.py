@@ -35,6 +35,7 @@ from fleetd.config.state import default_state_url, resolve_state_url
 
 DEFAULT_CONF_DIR = Path("/etc/fleetd/conf.d")
 TOP_LEVEL_TABLES = ("daemon", "globals", "workflows")
+PATH_GLOBAL_SUFFIXES = ("_dir", "_path")
 _LEFTOVER_SUFFIXES = ("~", ".swp", ".rpmnew", ".rpmsave")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -205,6 +206,15 @@ def _resolve_paths(
             value = daemon.get(key)
             if isinstance(value, list):
                 daemon[key] = [_absolute(item, conf_dir) for item in value]
+
+    # A global named *_dir or *_path holds a path, the only globals whose
+    # meaning fleetd knows, so that a drop-in can point agents at folders
+    # beside it.
+    variables = table.get("globals")
+    if isinstance(variables, dict):
+        for name, value in variables.items():
+            if name.endswith(PATH_GLOBAL_SUFFIXES) and isinstance(value, str):
+                variables[name] = _absolute(value, base)
 
     workflows = table.get("workflows")
     if not isinstance(workflows, dict):

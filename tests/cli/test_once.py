@@ -169,14 +169,16 @@ def test_table_output_without_json(site: Site) -> None:
     site.write("provision.agent", PROVISION)
     site.request("r1", status="approved", user="alice")
     site.request("r2", status="pending", user="bob")
+    (site.spool / "r3.json").write_text("[]")
     result = site.run("once")
-    assert result.returncode == 0
+    assert result.returncode == 1
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("Provision"))
-    assert "mnemonic provision, workflow requests" in header
-    assert "1 committed, 1 skipped" in header
-    assert any(line.split()[:2] == ["r1", "committed"] for line in lines)
-    assert any(line.split()[:2] == ["r2", "skipped"] for line in lines)
+    assert "mnemonic provision, workflow requests): 3 records" in header
+    assert ["committed", "1", "r1"] in [line.split() for line in lines]
+    assert ["skipped", "1", "r2"] in [line.split() for line in lines]
+    assert ["invalid", "1", "r3"] in [line.split() for line in lines]
+    assert "  r3 (invalid): expected a JSON object, got a JSON array" in lines
 
 
 def test_verbosity_before_and_after_command(site: Site) -> None:

@@ -166,3 +166,16 @@ def test_missing_conf_dir_is_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "nowhere")
     assert "conf dir not found" in caught.value.errors[0]
+
+
+def test_path_globals_resolve_against_file(conf_dir: Path, write) -> None:
+    write(
+        "g.toml",
+        '[globals]\nsandbox_dir = "../var/sandbox"\nkey_path = "keys/a.pub"\n'
+        'abs_dir = "/srv/home"\nhome_root = "relative/stays"\n',
+    )
+    values = load_config(conf_dir).globals
+    assert values["sandbox_dir"] == str(conf_dir.parent / "var/sandbox")
+    assert values["key_path"] == str(conf_dir / "keys/a.pub")
+    assert values["abs_dir"] == "/srv/home"
+    assert values["home_root"] == "relative/stays"

@@ -1,0 +1,3 @@
+# ~/.bashrc: read by interactive bash shells.
+HISTCONTROL=ignoreboth
+PS1='\u@\h:\w\$ '
