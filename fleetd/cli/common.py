@@ -1,4 +1,4 @@
-"""What every command does first: logging, configuration, agents."""
+"""Steps shared by the commands: logging, configuration, agents, tables."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """`fleetd once`: one cycle of each selected agent, then exit.
 
 Agents run one after another, in the lexical order of their files, so that
-one invocation is deterministic: an agent sees the commits of the agents
-before it. Inside an agent's cycle the Engine runs records concurrently
+one invocation is deterministic: each agent lists its records after the
+commits of the agents before it. Inside an agent's cycle the Engine runs records concurrently
 (the agent's CONCURRENCY, `max_concurrency` overall).
 
 SIGTERM and SIGINT are handled as the daemon handles them: no new run

@@ -1,8 +1,8 @@
 """Load the drop-in directory: list, check, parse, merge and validate.
 
-Each TOML file is parsed on its own, its relative paths are resolved
-against its own folder, and the origin of every key is remembered, so that
-an error in the merged result still names the file that set the value. The
+Each TOML file is parsed on its own and its relative paths are resolved
+against its own folder. The loader remembers which file set every key, so
+an error found in the merged result still names that file. The
 files are then merged in lexical order (tables key by key, later files win)
 and the merged tree is validated in one pass that collects every error.
 """
@@ -61,9 +61,9 @@ def default_conf_dir() -> Path:
 def load_config(conf_dir: str | Path) -> Config:
     """Load and validate the drop-in directory `conf_dir`.
 
-    Raises ConfigError listing every error of every TOML file. An agent
-    file rejected by the ownership and mode checks made as root is left
-    out of `agent_files` and listed in `errors`; the other agents load.
+    Raises ConfigError listing every error of every TOML file. When running
+    as root, an agent file that fails the ownership and mode checks is left
+    out of `agent_files` and listed in `errors`, and the other agents load.
     """
     directory = Path(conf_dir).absolute()
     errors: list[str] = []
@@ -139,7 +139,7 @@ def _list_drop_ins(
 
 
 def _is_leftover(name: str) -> bool:
-    """Whether `name` is hidden, or an editor or package manager leftover."""
+    """Tell whether `name` is hidden, or an editor or package manager leftover."""
     return name.startswith(".") or name.endswith(_LEFTOVER_SUFFIXES) or ".dpkg-" in name
 
 
@@ -207,9 +207,9 @@ def _resolve_paths(
             if isinstance(value, list):
                 daemon[key] = [_absolute(item, conf_dir) for item in value]
 
-    # A global named *_dir or *_path holds a path, the only globals whose
-    # meaning fleetd knows, so that a drop-in can point agents at folders
-    # beside it.
+    # A global named *_dir or *_path is a path. These are the only globals
+    # whose meaning fleetd knows, and they let a drop-in point agents at
+    # folders beside it.
     variables = table.get("globals")
     if isinstance(variables, dict):
         for name, value in variables.items():

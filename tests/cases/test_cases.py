@@ -1,6 +1,6 @@
 """End-to-end cases: each folder here runs the real `fleetd` command.
 
-A case folder holds `case.toml` and the files it needs (`conf.d/`,
+A case folder contains `case.toml` and the files it needs (`conf.d/`,
 `spool/`...). The folder is copied to a temporary directory, every
 `@CASE@` in its files becomes that directory's path, and each `[[step]]`
 runs `fleetd --conf-dir <copy>/conf.d ARGS...` there and checks the exit
@@ -34,7 +34,7 @@ def fleetd_command() -> list[str]:
 
 
 def prepare(root: Path) -> None:
-    """Normalize modes and put the copy's path where `@CASE@` stands."""
+    """Normalize modes and put the copy's path in place of `@CASE@`."""
     os.chmod(root, 0o755)
     for path in root.rglob("*"):
         if path.is_dir():
@@ -99,7 +99,8 @@ def check_step(root: Path, step: dict[str, Any]) -> None:
     for text in step.get("output_has", []):
         assert text in out or text in err, f"output lacks {text!r}\n{context}"
     for text in step.get("output_lacks", []):
-        assert text not in out and text not in err, f"output has {text!r}\n{context}"
+        assert text not in out, f"stdout has {text!r}\n{context}"
+        assert text not in err, f"stderr has {text!r}\n{context}"
     for agent in step.get("no_report", []):
         assert all(r.get("agent") != agent for r in reports), context
     if "no_process" in step:
