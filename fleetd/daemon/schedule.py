@@ -2,9 +2,9 @@
 
 A cycle is due at its base time plus a random offset of at most `splay`.
 The next base time is the previous one plus the interval, so the cadence
-does not drift by the length of the cycles. A cycle that ends after the
-next base time has overrun its interval: the next cycle then starts right
-after it (again after a splay) and the missed cycles are not made up.
+does not drift by the length of the cycles. A cycle that runs longer than
+the interval has overrun it: the next cycle then starts right after it
+(again after a splay) and the missed cycles are not made up.
 """
 
 from __future__ import annotations
@@ -93,23 +93,26 @@ class AgentSlot:
         self.cycle_start = self.base
         self.in_cycle = True
 
-    def finish_cycle(self, now: float) -> int:
-        """Set the next due time after a cycle ending at `now`; return the missed cycles.
+    def finish_cycle(self, started: float, now: float) -> int:
+        """Set the next due time after a cycle run from `started` to `now`.
 
-        A positive result means the cycle overran its interval.
+        Returns the number of cycles missed: positive when the cycle took
+        longer than the interval (an overrun), else 0.
         """
         self.in_cycle = False
         self.cycles += 1
-        start = self.cycle_start if self.cycle_start is not None else now
-        next_base = start + self.interval
+        base = self.cycle_start if self.cycle_start is not None else started
         self.offset = self._draw_offset()
-        if now <= next_base:
-            self.base = next_base
+        duration = now - started
+        if duration <= self.interval:
+            # At most one splay behind the cadence, so the next cycle may
+            # be due at once.
+            self.base = base + self.interval
             return 0
         self.overruns += 1
         self.base = now
 
-        return max(1, math.floor((now - start) / self.interval))
+        return math.floor(duration / self.interval)
 
     def reschedule(self, interval: float, splay: float) -> None:
         """Apply a new interval or splay to the next cycle."""

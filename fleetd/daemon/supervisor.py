@@ -465,7 +465,7 @@ class Supervisor:
                 agent_log.exception("cycle_failed", error=str(exc))
             finished = anyio.current_time()
             self._cycles += 1
-            missed = slot.finish_cycle(finished)
+            missed = slot.finish_cycle(started, finished)
             if missed:
                 self._overruns += 1
                 agent_log.warning(
