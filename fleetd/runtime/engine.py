@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from fleetd.locks import (
     open_store,
 )
 from fleetd.runtime.agents import LoadedAgent
+from fleetd.runtime.loop import pidfd_child_watcher
 from fleetd.runtime.report import Outcome, RunReport
 from fleetd.runtime.run import RunSettings, run_record
 from fleetd.workflows import Workflow, open_workflow
@@ -95,13 +97,22 @@ class Engine:
         self._cancelling = False
         self._runs_done = 0
         self._last_error: str | None = None
+        self._watcher: contextlib.AbstractContextManager[None] = (
+            contextlib.nullcontext()
+        )
 
     async def __aenter__(self) -> Self:
-        await self.store.open()
+        self._watcher = pidfd_child_watcher()
+        self._watcher.__enter__()
         try:
-            await self.locks.__aenter__()
+            await self.store.open()
+            try:
+                await self.locks.__aenter__()
+            except BaseException:
+                await self.store.close()
+                raise
         except BaseException:
-            await self.store.close()
+            self._watcher.__exit__(None, None, None)
             raise
 
         return self
@@ -117,6 +128,7 @@ class Engine:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.store.close()
+            self._watcher.__exit__(None, None, None)
 
     def reconfigure(self, config: Config) -> None:
         """Use `config` for the workflows and settings of runs that start later."""

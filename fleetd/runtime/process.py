@@ -23,9 +23,11 @@ argument. This module adds what a shell would otherwise decide:
   as a failed `ProgramResult`; no exception escapes `run_program` other
   than cancellation.
 
-The stdlib asyncio event loop is used through `asyncio.create_subprocess_exec`
-directly: anyio's `open_process` wraps the same call, and the extra stream
-wrappers measured slower in scripts/bench/engine.py.
+Programs start through `loop.subprocess_exec` with a protocol whose
+callbacks receive the output, rather than `anyio.open_process` or
+`asyncio.create_subprocess_exec`: those add a stream and a reader task per
+pipe, which measured slower in scripts/bench/engine.py. On Python 3.11
+the Engine also installs a pidfd child watcher (`fleetd.runtime.loop`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -184,14 +187,6 @@ class _OutputReader:
             self._emit(bytes(self.pending))
             self.pending.clear()
 
-    async def drain(self, pipe: asyncio.StreamReader) -> None:
-        while True:
-            data = await pipe.read(READ_CHUNK)
-            if not data:
-                break
-            self.feed(data)
-        self.close()
-
 
 def _signal_group(pgid: int, signum: int) -> bool:
     """Send `signum` to the group; return False when no member is left."""
@@ -206,57 +201,61 @@ def _signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-def _open_pidfd(process: asyncio.subprocess.Process) -> int | None:
-    """Return a pidfd for the program, or None when it is already reaped."""
-    if process.returncode is not None:
-        return None
-    try:
-        return os.pidfd_open(process.pid)
-    except (ProcessLookupError, AttributeError, OSError):
-        return None
+class _ProgramProtocol(asyncio.SubprocessProtocol):
+    """Feed each pipe's data to its line reader; note exit and close.
 
-
-async def _leader_exit(process: asyncio.subprocess.Process, pidfd: int | None) -> None:
-    """Wait until the program itself has exited, whatever holds its pipes.
-
-    `Process.wait()` of Python 3.11 also waits for the pipes to close, which
-    a process the program left behind can keep open forever; a pidfd turns
-    readable when the program exits.
+    Callbacks instead of reader tasks: the event loop hands over output as
+    it arrives, so capturing it costs no task per pipe. `exited` is set
+    when the program has exited (the child watcher reaped it), `closed`
+    once it has exited and both pipes are closed.
     """
-    if pidfd is not None:
-        await anyio.wait_readable(pidfd)
-        return
-    while process.returncode is None:
-        await anyio.sleep(0.01)
+
+    def __init__(self, out: _OutputReader, err: _OutputReader) -> None:
+        self.readers = {1: out, 2: err}
+        self.exited = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        assert isinstance(data, bytes)
+        self.readers[fd].feed(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self.readers[fd].close()
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
 
 
 async def _stop_group(
-    process: asyncio.subprocess.Process, pidfd: int | None, grace: float, log: Any
+    pid: int, protocol: _ProgramProtocol, grace: float, log: Any
 ) -> None:
     """SIGTERM the group, SIGKILL it after `grace`, kill what the leader left.
 
     Once the leader has exited, the rest of its group gets SIGKILL at once:
     those are processes it forked and did not wait for.
     """
-    pgid = process.pid
-    if _signal_group(pgid, signal.SIGTERM):
+    if not protocol.exited.is_set() and _signal_group(pid, signal.SIGTERM):
         with anyio.move_on_after(grace) as scope:
-            await _leader_exit(process, pidfd)
+            await protocol.exited.wait()
         if scope.cancelled_caught:
-            log.warning("program_killed", pid=pgid, grace_s=grace)
-    _signal_group(pgid, signal.SIGKILL)
+            log.warning("program_killed", pid=pid, grace_s=grace)
+    _signal_group(pid, signal.SIGKILL)
 
 
-async def _reap(process: asyncio.subprocess.Process) -> None:
-    """Wait for the program's exit status; close pipes nobody will close."""
-    with anyio.move_on_after(PIPE_CLOSE_WAIT):
-        await process.wait()
-        return
-    # A process that left the group (setsid) still holds a pipe. Closing
-    # the transport stops reading it; the exit status is already known.
-    # NOTE: `_transport` is private to asyncio; Process has no public close.
-    process._transport.close()  # type: ignore[attr-defined]
-    await process.wait()
+async def _finish(
+    transport: asyncio.SubprocessTransport, protocol: _ProgramProtocol
+) -> None:
+    """Wait for the exit status; stop reading pipes nobody will close."""
+    if not protocol.closed.is_set():
+        with anyio.move_on_after(PIPE_CLOSE_WAIT):
+            await protocol.closed.wait()
+    # A process that left the group (setsid) may still hold a pipe; closing
+    # the transport stops reading it.
+    transport.close()
+    await protocol.exited.wait()
 
 
 async def run_program(
@@ -287,64 +286,78 @@ async def run_program(
         result.error = str(error)
         return result
 
+    capture: deque[str] = deque(maxlen=CAPTURE_LINES)
+    program_log = _LazyBound(log)
+    protocol = _ProgramProtocol(
+        _OutputReader("stdout", program_log, capture),
+        _OutputReader("stderr", program_log, capture),
+    )
+    loop = asyncio.get_running_loop()
     try:
-        process = await asyncio.create_subprocess_exec(
-            executable,
-            *words[1:],
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            cwd=cwd,
-            env=env,
-        )
+        # Shielded: cancelled half-way, asyncio would kill the program but
+        # not its group, leaving what it forked already.
+        with anyio.CancelScope(shield=True):
+            transport, _ = await loop.subprocess_exec(
+                lambda: protocol,
+                executable,
+                *words[1:],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                cwd=cwd,
+                env=env,
+            )
     except OSError as error:
         result.error = f"cannot start {words[0]}: {error.strerror or error}"
         return result
 
-    result.pid = process.pid
-    pidfd = _open_pidfd(process)
-    capture: deque[str] = deque(maxlen=CAPTURE_LINES)
-    program_log = log.bind(pid=process.pid)
-    drained = anyio.Event()
-
-    async def drain() -> None:
-        assert process.stdout is not None and process.stderr is not None
-        async with anyio.create_task_group() as readers:
-            readers.start_soon(
-                _OutputReader("stdout", program_log, capture).drain, process.stdout
-            )
-            readers.start_soon(
-                _OutputReader("stderr", program_log, capture).drain, process.stderr
-            )
-        drained.set()
-
+    pid = transport.get_pid()
+    result.pid = program_log.pid = pid
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(drain)
-            try:
-                await _leader_exit(process, pidfd)
+        try:
+            await protocol.exited.wait()
+            if not protocol.closed.is_set():
                 with anyio.move_on_after(LEFTOVER_WAIT):
-                    await drained.wait()
-                if not drained.is_set():
-                    # Processes the program left in its group hold the pipes.
-                    program_log.warning("program_left_processes", pid=process.pid)
-                    with anyio.CancelScope(shield=True):
-                        await _stop_group(process, pidfd, kill_grace, program_log)
-                    with anyio.move_on_after(PIPE_CLOSE_WAIT):
-                        await drained.wait()
-                    group.cancel_scope.cancel()
-            except BaseException:
+                    await protocol.closed.wait()
+            if not protocol.closed.is_set():
+                # Processes the program left in its group hold the pipes.
+                program_log.warning("program_left_processes")
                 with anyio.CancelScope(shield=True):
-                    await _stop_group(process, pidfd, kill_grace, program_log)
-                raise
+                    await _stop_group(pid, protocol, kill_grace, program_log)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _stop_group(pid, protocol, kill_grace, program_log)
+            raise
     finally:
         with anyio.CancelScope(shield=True):
-            await _reap(process)
-        if pidfd is not None:
-            os.close(pidfd)
-        result.returncode = process.returncode
+            await _finish(transport, protocol)
+        result.returncode = transport.get_returncode()
         result.duration_s = time.monotonic() - started
         result.output = list(capture)
 
     return result
+
+
+class _LazyBound:
+    """The caller's logger with `pid=` added, bound only when first used.
+
+    Most programs print nothing, and binding a structlog logger for each
+    one measured as a noticeable part of spawning /bin/true.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._bound: Any = None
+        self.pid: int | None = None
+
+    def _get(self) -> Any:
+        if self._bound is None:
+            self._bound = self._log.bind(pid=self.pid)
+        return self._bound
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._get().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._get().warning(event, **fields)

@@ -1,0 +1,364 @@
+"""Measure the engine and program execution beside floors in the same process.
+
+Four measurements, each repeated (default 5 times, alternating with its
+floor so both see the same machine noise):
+
+- engine, in-process commands: records per second through Requirements,
+  lock, Check, Run (SET this.f, ECHO), Cleanup and a commit, on a real
+  SQLite state file (WAL, synchronous=FULL), against plain sqlite3 doing
+  the same durable writes per record (one claim transaction and one
+  resolution transaction, each committed and synced) one record after
+  another.
+- engine, Run of one /bin/true: the same records with `EXEC_COMMAND true`,
+  against plain `asyncio.create_subprocess_exec` of /bin/true at the same
+  concurrency, on the faster of the stdlib asyncio loop and uvloop.
+- exec: `fleetd.runtime.process.run_program` of /bin/true at concurrency 1
+  and 8 against the same subprocess floor.
+
+Records come from an in-memory workflow (commit does nothing) so that the
+numbers show the runtime and the state store, not a workflow's own
+writes. Logging is filtered at warning, as `log_level = "warning"` would.
+
+Usage: python scripts/bench/engine.py [--repeat N] [--records N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from fleetd.config.model import Config, DaemonSettings, WorkflowSettings
+from fleetd.lang import Registry, parse_agent
+from fleetd.runtime import Engine, Outcome, initialize
+from fleetd.runtime.loop import pidfd_child_watcher
+from fleetd.runtime.process import run_program
+from fleetd.workflows import Record, Workflow
+
+try:
+    import uvloop
+except ImportError:  # uvloop is optional; the floor then uses the stdlib loop
+    uvloop = None
+
+TRUE = "/bin/true"
+
+IN_PROCESS_AGENT = """\
+NAME        Bench
+MNEMONIC    bench
+WORKFLOW    memory
+CONCURRENCY {concurrency}
+REQUIRE this.status = "approved"
+CHECK this.size > 0
+SET this.status = "done"
+ECHO ${{this.id}}
+ON_SUCCESS
+    LOG DEBUG cleaned ${{this.id}}
+END
+"""
+
+EXEC_AGENT = """\
+NAME        BenchExec
+MNEMONIC    benchexec
+WORKFLOW    memory
+CONCURRENCY {concurrency}
+REQUIRE this.status = "approved"
+EXEC_COMMAND true
+SET this.status = "done"
+ON_SUCCESS
+    LOG DEBUG cleaned ${{this.id}}
+END
+"""
+
+
+class MemoryWorkflow:
+    """Records held in memory; a commit changes nothing."""
+
+    kind = "memory"
+
+    def __init__(self, count: int) -> None:
+        self.name = "memory"
+        self.count = count
+
+    async def records(self) -> list[Record]:
+        return [
+            Record(f"r{number:06d}", {"status": "approved", "size": 3})
+            for number in range(self.count)
+        ]
+
+    async def commit(self, record: Record, changes: dict[str, Any]) -> None:
+        return None
+
+
+class BenchEngine(Engine):
+    """An engine whose only workflow is the in-memory one."""
+
+    memory: Workflow
+
+    def workflow(self, name: str) -> Workflow:
+        return self.memory
+
+
+def make_config(folder: Path, concurrency: int) -> Config:
+    daemon = DaemonSettings(
+        state=f"sqlite:///{folder}/state.db",
+        max_concurrency=concurrency,
+        safe_path=("/usr/bin", "/bin"),
+        log_level="warning",
+    )
+    return Config(
+        conf_dir=folder,
+        daemon=daemon,
+        workflows={"memory": WorkflowSettings("memory", "memory")},
+    )
+
+
+async def engine_rate(template: str, records: int, concurrency: int) -> float:
+    """Run one cycle of `records` records; return records per second."""
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        registry = Registry.default()
+        agent = parse_agent(
+            template.format(concurrency=concurrency),
+            str(folder / "bench.agent"),
+            registry=registry,
+        )
+        loaded = initialize(agent, {}, registry)
+        engine = BenchEngine(
+            make_config(folder, concurrency), echo=lambda text: None, registry=registry
+        )
+        engine.memory = MemoryWorkflow(records)
+        async with engine:
+            started = time.perf_counter()
+            reports = await engine.run_cycle(loaded)
+            elapsed = time.perf_counter() - started
+    committed = sum(report.outcome is Outcome.COMMITTED for report in reports)
+    if committed != records:
+        raise RuntimeError(f"only {committed} of {records} records committed")
+
+    return records / elapsed
+
+
+def sqlite_floor_rate(records: int) -> float:
+    """Plain sqlite3: a claim and a resolution transaction per record."""
+    with tempfile.TemporaryDirectory() as name:
+        connection = sqlite3.connect(f"{name}/floor.db", isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.executescript(
+            """
+            CREATE TABLE tokens (id INTEGER PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO tokens VALUES (1, 0);
+            CREATE TABLE locks (workflow TEXT, record TEXT, mnemonic TEXT,
+                agent TEXT, owner TEXT, token INTEGER, since REAL, expires REAL,
+                run_id TEXT, PRIMARY KEY (workflow, record, mnemonic));
+            CREATE TABLE marks (workflow TEXT, record TEXT, mnemonic TEXT,
+                agent TEXT, resolution TEXT, reason TEXT, at REAL,
+                PRIMARY KEY (workflow, record, mnemonic));
+            CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                workflow TEXT, record TEXT, mnemonic TEXT, agent TEXT,
+                resolution TEXT, reason TEXT, run_id TEXT, owner TEXT,
+                token INTEGER, started REAL, at REAL);
+            """
+        )
+        key_where = "workflow = ? AND record = ? AND mnemonic = ?"
+        started = time.perf_counter()
+        for number in range(records):
+            key = ("memory", f"r{number:06d}", "bench")
+            now = time.time()
+            # Claim.
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(f"SELECT * FROM marks WHERE {key_where}", key)
+            connection.execute(f"SELECT * FROM locks WHERE {key_where}", key)
+            token = connection.execute(
+                "UPDATE tokens SET value = value + 1 WHERE id = 1 RETURNING value"
+            ).fetchone()[0]
+            connection.execute(
+                "INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, "Bench", "host:1", token, now, now + 60, "run"),
+            )
+            connection.execute("COMMIT")
+            # Resolution.
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(f"SELECT token FROM locks WHERE {key_where}", key)
+            connection.execute(f"DELETE FROM locks WHERE {key_where}", key)
+            connection.execute(
+                "INSERT OR REPLACE INTO marks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, "Bench", "committed", None, now),
+            )
+            connection.execute(
+                "INSERT INTO history (workflow, record, mnemonic, agent,"
+                " resolution, reason, run_id, owner, token, started, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, "Bench", "committed", None, "run", "host:1", token, now, now),
+            )
+            connection.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        connection.close()
+
+    return records / elapsed
+
+
+async def _pool(
+    count: int, concurrency: int, job: Callable[[], Awaitable[Any]]
+) -> float:
+    """Run `job` `count` times, `concurrency` at once; return runs per second."""
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await job()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    return count / (time.perf_counter() - started)
+
+
+async def subprocess_floor(count: int, concurrency: int) -> float:
+    """Plain asyncio: spawn /bin/true with piped output and wait for it."""
+
+    async def job() -> None:
+        process = await asyncio.create_subprocess_exec(
+            TRUE,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await process.communicate()
+
+    return await _pool(count, concurrency, job)
+
+
+async def run_program_rate(count: int, concurrency: int) -> float:
+    """fleetd's program execution of /bin/true."""
+    log = structlog.get_logger()
+
+    async def job() -> None:
+        result = await run_program([TRUE], safe_path=(), log=log)
+        if not result.ok:
+            raise RuntimeError(result.describe())
+
+    with pidfd_child_watcher():
+        return await _pool(count, concurrency, job)
+
+
+def on_loop(loop: str, function: Callable[..., Awaitable[float]], *args: Any) -> float:
+    """Run `function(*args)` on a new event loop of the kind `loop`."""
+    if loop == "uvloop":
+        assert uvloop is not None
+        return uvloop.run(function(*args))
+    return asyncio.run(function(*args))
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def measure(repeat: int, records: int, spawns: int) -> dict[str, Any]:
+    loops = ["asyncio"] + (["uvloop"] if uvloop is not None else [])
+    samples: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        samples.setdefault(name, []).append(value)
+
+    for _ in range(repeat):
+        add("engine_inprocess", anyio.run(engine_rate, IN_PROCESS_AGENT, records, 64))
+        add("sqlite_floor", sqlite_floor_rate(records))
+        add("engine_exec_c8", anyio.run(engine_rate, EXEC_AGENT, spawns, 8))
+        for concurrency in (1, 8):
+            add(
+                f"exec_c{concurrency}",
+                on_loop("asyncio", run_program_rate, spawns, concurrency),
+            )
+            for loop in loops:
+                add(
+                    f"subprocess_floor_c{concurrency}_{loop}",
+                    on_loop(loop, subprocess_floor, spawns, concurrency),
+                )
+
+    results = {name: summarize(values) for name, values in samples.items()}
+    for concurrency in (1, 8):
+        best = max(
+            (f"subprocess_floor_c{concurrency}_{loop}" for loop in loops),
+            key=lambda name: results[name]["median"],
+        )
+        results[f"subprocess_floor_c{concurrency}"] = {
+            **results[best],
+            "loop": best.rsplit("_", 1)[1],
+        }
+    ratios = {
+        "engine_inprocess / sqlite_floor": results["engine_inprocess"]["median"]
+        / results["sqlite_floor"]["median"],
+        "engine_exec_c8 / subprocess_floor_c8": results["engine_exec_c8"]["median"]
+        / results["subprocess_floor_c8"]["median"],
+        "exec_c1 / subprocess_floor_c1": results["exec_c1"]["median"]
+        / results["subprocess_floor_c1"]["median"],
+        "exec_c8 / subprocess_floor_c8": results["exec_c8"]["median"]
+        / results["subprocess_floor_c8"]["median"],
+    }
+
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "repeat": repeat,
+        "records": records,
+        "spawns": spawns,
+        "results": results,
+        "ratios": ratios,
+    }
+
+
+def print_table(data: dict[str, Any]) -> None:
+    print(f"{'measurement':40} {'median/s':>10} {'min/s':>10} {'max/s':>10}")
+    for name, values in data["results"].items():
+        loop = f" ({values['loop']})" if "loop" in values else ""
+        print(
+            f"{name + loop:40} {values['median']:10.0f} {values['min']:10.0f}"
+            f" {values['max']:10.0f}"
+        )
+    for name, ratio in data["ratios"].items():
+        print(f"{name:40} {ratio:10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement")
+    parser.add_argument(
+        "--records", type=int, default=2000, help="records per in-process cycle"
+    )
+    parser.add_argument(
+        "--spawns", type=int, default=400, help="programs per exec measurement"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON, not a table")
+    options = parser.parse_args()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    data = measure(options.repeat, options.records, options.spawns)
+    if options.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_table(data)
+
+
+if __name__ == "__main__":
+    main()
