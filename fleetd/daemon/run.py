@@ -59,7 +59,8 @@ def run_daemon(conf_dir: Path, *, log_target: str = "auto", verbosity: int = 0) 
             (each `-v` adds one, each `-q` takes one away).
     """
     # Read the configuration before the event loop starts, because it
-    # chooses the loop and the log level.
+    # chooses the loop and the log level. Until then, log at info.
+    configure_logging(level=shift_level("info", verbosity), target=log_target)
     try:
         config = load_config(conf_dir)
     except ConfigError as exc:

@@ -455,6 +455,10 @@ class Supervisor:
 
             # One cycle, on the version loaded now; a reload during it
             # changes only the cycles after it.
+            # NOTE: a cycle over many records keeps starting runs on the old
+            # version (or of a removed agent) until it ends, because
+            # Engine.run_cycle takes one LoadedAgent for the whole cycle.
+            # Per-run switching needs run_cycle to ask for the current version.
             loaded = slot.loaded
             slot.start_cycle()
             started = anyio.current_time()

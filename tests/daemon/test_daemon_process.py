@@ -247,6 +247,28 @@ ECHO notify socket hidden
     assert any(m.get("STOPPING") == "1" for m in daemon.drain_notify())
 
 
+def test_uvloop_when_configured(root: Path, daemon: Daemon) -> None:
+    write_settings(root / "conf.d", root, loop='"uvloop"')
+    (root / "conf.d" / "tick.agent").write_text(
+        "NAME Tick\nMNEMONIC tick\nSCHEDULE every 1s\nECHO tick\n"
+    )
+    daemon.start()
+    daemon.wait_notify(lambda m: m.get("READY") == "1")
+    daemon.wait_line("tick")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_notify(lambda m: m.get("RELOADING") == "1")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
+
+
+def test_invalid_config_at_start_exits_2(root: Path, daemon: Daemon) -> None:
+    (root / "conf.d" / "00-daemon.toml").write_text('[daemon]\ninterval = "soon"\n')
+    daemon.start()
+    assert daemon.wait_exit(30) == 2
+    assert "interval" in daemon.stderr_path.read_text()
+    assert not any(m.get("READY") == "1" for m in daemon.drain_notify())
+
+
 def test_reload_keeps_run_on_old_version(root: Path, daemon: Daemon) -> None:
     conf_dir = root / "conf.d"
     write_settings(conf_dir, root)
