@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from importlib import resources
+from collections.abc import Callable
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
@@ -37,6 +38,7 @@ from fleetd.lang.ast import (
     Membership,
     Not,
     Or,
+    Template,
     Variable,
 )
 from fleetd.lang.perlre import PatternError, compile_perl
@@ -50,6 +52,8 @@ START_SYMBOLS = (
     "option_if",
     "call_command",
 )
+# Marker characters that name the form of each line of a batch parse.
+_MARKERS = {name: chr(index) for index, name in enumerate(START_SYMBOLS, start=1)}
 
 RESERVED_WORDS = frozenset({"AND", "OR", "NOT", "IN", "MATCHES", "TRUE", "FALSE", "DO"})
 
@@ -80,14 +84,23 @@ class ExpressionError(ValueError):
 
 
 class _Position(threading.local):
+    """Where the text being parsed comes from, for the locations of nodes."""
+
     file: str = ""
     line: int = 0
+    # In a batch parse, the file's line number of each line of the batch.
+    line_numbers: list[int] | None = None
 
 
 _position = _Position()
 
 
 def _loc(token: Token) -> Location:
+    line_numbers = _position.line_numbers
+    if line_numbers is not None:
+        return Location(
+            _position.file, line_numbers[(token.line or 1) - 1], token.column or 1
+        )
     return Location(_position.file, _position.line, token.column or 1)
 
 
@@ -187,13 +200,16 @@ class _Builder(Transformer[Token, Any]):
     def call_command(self, name: Token, args: tuple[Expr, ...] | None) -> FunctionCall:
         return FunctionCall(str(name), args or (), _loc(name))
 
+    def batch(self, *results: Any) -> list[Any]:
+        return list(results)
+
 
 _grammar = resources.files("fleetd.lang").joinpath("expressions.lark").read_text()
 _parser = Lark(
     _grammar,
     parser="lalr",
     lexer="contextual",
-    start=list(START_SYMBOLS),
+    start=[*START_SYMBOLS, "batch"],
     transformer=_Builder(),
     maybe_placeholders=True,
     cache=False,
@@ -220,6 +236,80 @@ def _describe(error: UnexpectedInput) -> str:
     return "syntax error"
 
 
+# Parsed forms by (start, offset, text); agents of one conf dir repeat many
+# lines (`REQUIRE this.status = "approved"`), and moving a parsed form to
+# another file and line is several times cheaper than parsing it again.
+_memo: dict[tuple[str, int, str], Any] = {}
+_MEMO_LIMIT = 20_000
+
+
+def relocate(item: Any, file: str, line: int) -> Any:
+    """Return a copy of a parsed form with every location in `file`, `line`."""
+    mover = _MOVERS.get(type(item))
+    if mover is None:
+        return item
+    return mover(item, file, line)
+
+
+def _move_tuple(item: tuple[Any, ...], file: str, line: int) -> tuple[Any, ...]:
+    return tuple([relocate(element, file, line) for element in item])
+
+
+def _move_template(node: Template, file: str, line: int) -> Template:
+    parts = tuple(
+        [
+            part
+            if type(part) is str
+            else Variable(part.path, Location(file, line, part.loc.column))
+            for part in node.parts
+        ]
+    )
+    return Template(parts, Location(file, line, node.loc.column))
+
+
+_MOVERS: dict[type, Callable[[Any, str, int], Any]] = {
+    tuple: _move_tuple,
+    Location: lambda loc, file, line: Location(file, line, loc.column),
+    Literal: lambda node, file, line: Literal(node.value, Location(file, line, node.loc.column)),
+    Variable: lambda node, file, line: Variable(node.path, Location(file, line, node.loc.column)),
+    Template: _move_template,
+    ListExpr: lambda node, file, line: ListExpr(
+        _move_tuple(node.items, file, line), Location(file, line, node.loc.column)
+    ),
+    FunctionCall: lambda node, file, line: FunctionCall(
+        node.name, _move_tuple(node.args, file, line), Location(file, line, node.loc.column)
+    ),
+    Compare: lambda node, file, line: Compare(
+        node.op,
+        relocate(node.left, file, line),
+        relocate(node.right, file, line),
+        Location(file, line, node.loc.column),
+    ),
+    Membership: lambda node, file, line: Membership(
+        relocate(node.item, file, line),
+        relocate(node.container, file, line),
+        node.negated,
+        Location(file, line, node.loc.column),
+    ),
+    Match: lambda node, file, line: Match(
+        relocate(node.subject, file, line), node.pattern, Location(file, line, node.loc.column)
+    ),
+    Not: lambda node, file, line: Not(
+        relocate(node.operand, file, line), Location(file, line, node.loc.column)
+    ),
+    And: lambda node, file, line: And(
+        relocate(node.left, file, line),
+        relocate(node.right, file, line),
+        Location(file, line, node.loc.column),
+    ),
+    Or: lambda node, file, line: Or(
+        relocate(node.left, file, line),
+        relocate(node.right, file, line),
+        Location(file, line, node.loc.column),
+    ),
+}
+
+
 def parse_form(start: str, line: str, offset: int, file: str, line_number: int) -> Any:
     """Parse `line[offset:]` as the command form `start`.
 
@@ -228,8 +318,62 @@ def parse_form(start: str, line: str, offset: int, file: str, line_number: int) 
     Raises:
         ExpressionError: a syntax error or a malformed regular expression.
     """
+    key = (start, offset, line[offset:])
+    cached = _memo.get(key)
+    if cached is not None:
+        return relocate(cached, file, line_number)
+    result = _parse_form(start, line, offset, file, line_number)
+    if len(_memo) >= _MEMO_LIMIT:
+        _memo.clear()
+    _memo[key] = result
+    return result
+
+
+def parse_forms(requests: list[tuple[str, str, int, int]], file: str) -> list[Any] | None:
+    """Parse many forms of one file at once; None if any has an error.
+
+    Each request is (start, line, offset, line_number), as for `parse_form`.
+    Forms seen before come from the memo; the others go through one parse
+    of a batch text, which saves the setup cost of a parse per line. After
+    an error the caller parses line by line, to report every error.
+    """
+    results: list[Any] = [None] * len(requests)
+    missing: list[int] = []
+    for index, (start, line, offset, number) in enumerate(requests):
+        cached = _memo.get((start, offset, line[offset:]))
+        if cached is None:
+            missing.append(index)
+        else:
+            results[index] = relocate(cached, file, number)
+    if not missing:
+        return results
+    pieces = []
+    for index in missing:
+        start, line, offset, _number = requests[index]
+        pieces.append(_MARKERS[start] + " " * (offset - 1) + line[offset:] + "\n")
+    _position.file = file
+    _position.line_numbers = [requests[index][3] for index in missing]
+    try:
+        parsed = _parser.parse("".join(pieces), start="batch")
+    except (UnexpectedInput, VisitError, ExpressionError):
+        return None
+    finally:
+        _position.line_numbers = None
+    if len(parsed) != len(missing):
+        return None
+    if len(_memo) + len(missing) > _MEMO_LIMIT:
+        _memo.clear()
+    for index, result in zip(missing, parsed, strict=True):
+        start, line, offset, _number = requests[index]
+        _memo[(start, offset, line[offset:])] = result
+        results[index] = result
+    return results
+
+
+def _parse_form(start: str, line: str, offset: int, file: str, line_number: int) -> Any:
     _position.file = file
     _position.line = line_number
+    _position.line_numbers = None
     text = " " * offset + line[offset:]
     try:
         return _parser.parse(text, start=start)

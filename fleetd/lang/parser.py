@@ -49,7 +49,7 @@ from fleetd.lang.ast import (
     When,
 )
 from fleetd.lang.errors import AgentError, Diagnostic
-from fleetd.lang.expressions import ExpressionError, parse_form
+from fleetd.lang.expressions import ExpressionError, parse_form, parse_forms, relocate
 from fleetd.lang.registry import Registry, describe_arity
 from fleetd.lang.templates import template_from_text
 from fleetd.lang.words import WordError, split_words
@@ -116,6 +116,20 @@ LOG_LEVELS = {
     "EMERG": "emergency",
 }
 
+# The grammar start symbol of the expression part of each command.
+_FORM_OF_KEYWORD = {
+    **dict.fromkeys(_SET_PHASES, "assignment"),
+    **dict.fromkeys(_CONDITION_PHASES, "condition"),
+    "WHEN": "when_head",
+    "FOREACH": "foreach_head",
+    "OPTION_IF": "option_if",
+    "CALL": "call_command",
+}
+_NOT_PREPARED = object()
+# Split command lines by (text, column), as parsed forms are memoized in
+# fleetd.lang.expressions: many agents repeat the same command lines.
+_WORDS_MEMO: dict[tuple[str, int], tuple[Template, ...]] = {}
+_WORDS_MEMO_LIMIT = 20_000
 _KEYWORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BLANK_RE = re.compile(r"[ \t\f\v]*")
 _TRAILING_COMMENT_RE = re.compile(r"\s+#.*\Z|\s+\Z")
@@ -170,6 +184,8 @@ class _FileParser:
         self.seen_program = False
         self.line_number = 0
         self.line = ""
+        # Parsed forms by (line number, start symbol), from prepare_forms.
+        self.prepared: dict[tuple[int, str], Any] = {}
 
     # -- helpers ----------------------------------------------------------
 
@@ -179,6 +195,23 @@ class _FileParser:
     def error(self, column: int, message: str) -> None:
         self.diagnostics.append(Diagnostic(self.at(column), message))
 
+    def prepare_forms(self, entries: list[tuple[int, str, int]]) -> None:
+        """Parse the expressions of every line in one batch, when it has no error."""
+        requests: list[tuple[str, str, int, int]] = []
+        for number, line, indent in entries:
+            match = _KEYWORD_RE.match(line, indent)
+            if match is None or "\0" in line:
+                continue
+            start = _FORM_OF_KEYWORD.get(match.group())
+            if start is not None:
+                requests.append((start, line, match.end(), number))
+        results = parse_forms(requests, self.path)
+        if results is not None:
+            self.prepared = {
+                (request[3], request[0]): result
+                for request, result in zip(requests, results, strict=True)
+            }
+
     def form(self, start: str, offset: int) -> Any:
         """Parse the rest of the line as a grammar form; None after an error.
 
@@ -186,12 +219,16 @@ class _FileParser:
         call of a `call_command` form names a command, so only its
         arguments are.
         """
+        result = self.prepared.pop((self.line_number, start), _NOT_PREPARED)
         try:
-            result = parse_form(start, self.line, offset, self.path, self.line_number)
+            if result is _NOT_PREPARED:
+                result = parse_form(start, self.line, offset, self.path, self.line_number)
         except ExpressionError as error:
             self.error(error.column, error.message)
             return None
-        self.validate(result.args if start == "call_command" else result)
+        # A form without "(" calls no function, so it needs no walk.
+        if "(" in self.line[offset:]:
+            self.validate(result.args if start == "call_command" else result)
         return result
 
     def validate(self, item: Any) -> None:
@@ -216,11 +253,19 @@ class _FileParser:
                 )
 
     def words(self, text: str, column: int) -> tuple[Template, ...] | None:
+        key = (text, column)
+        cached = _WORDS_MEMO.get(key)
+        if cached is not None:
+            return relocate(cached, self.path, self.line_number)  # type: ignore[no-any-return]
         try:
-            return split_words(text, self.at(column))
+            words = split_words(text, self.at(column))
         except WordError as error:
             self.error(column + error.offset, error.message)
             return None
+        if len(_WORDS_MEMO) >= _WORDS_MEMO_LIMIT:
+            _WORDS_MEMO.clear()
+        _WORDS_MEMO[key] = words
+        return words
 
     def add(self, command: Command) -> None:
         self.stack[-1].body.append(command)
@@ -252,13 +297,17 @@ class _FileParser:
     # -- the file ---------------------------------------------------------
 
     def parse(self) -> None:
+        entries: list[tuple[int, str, int]] = []
         for number, line in enumerate(_lines(self.text), start=1):
-            self.line_number = number
             if number == 1 and line.startswith("#!"):
                 continue
             indent = _BLANK_RE.match(line).end()  # type: ignore[union-attr]
             if indent == len(line) or line[indent] == "#":
                 continue
+            entries.append((number, line, indent))
+        self.prepare_forms(entries)
+        for number, line, indent in entries:
+            self.line_number = number
             self.line = line
             if "\0" in line:
                 self.error(line.index("\0") + 1, "NUL character in the file")
