@@ -13,8 +13,8 @@ comparison, `IN`, `NOT IN` or `MATCHES`. `AND` and `OR` group to the left.
 from __future__ import annotations
 
 import threading
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
@@ -270,14 +270,20 @@ def _move_template(node: Template, file: str, line: int) -> Template:
 _MOVERS: dict[type, Callable[[Any, str, int], Any]] = {
     tuple: _move_tuple,
     Location: lambda loc, file, line: Location(file, line, loc.column),
-    Literal: lambda node, file, line: Literal(node.value, Location(file, line, node.loc.column)),
-    Variable: lambda node, file, line: Variable(node.path, Location(file, line, node.loc.column)),
+    Literal: lambda node, file, line: Literal(
+        node.value, Location(file, line, node.loc.column)
+    ),
+    Variable: lambda node, file, line: Variable(
+        node.path, Location(file, line, node.loc.column)
+    ),
     Template: _move_template,
     ListExpr: lambda node, file, line: ListExpr(
         _move_tuple(node.items, file, line), Location(file, line, node.loc.column)
     ),
     FunctionCall: lambda node, file, line: FunctionCall(
-        node.name, _move_tuple(node.args, file, line), Location(file, line, node.loc.column)
+        node.name,
+        _move_tuple(node.args, file, line),
+        Location(file, line, node.loc.column),
     ),
     Compare: lambda node, file, line: Compare(
         node.op,
@@ -292,7 +298,9 @@ _MOVERS: dict[type, Callable[[Any, str, int], Any]] = {
         Location(file, line, node.loc.column),
     ),
     Match: lambda node, file, line: Match(
-        relocate(node.subject, file, line), node.pattern, Location(file, line, node.loc.column)
+        relocate(node.subject, file, line),
+        node.pattern,
+        Location(file, line, node.loc.column),
     ),
     Not: lambda node, file, line: Not(
         relocate(node.operand, file, line), Location(file, line, node.loc.column)
@@ -329,7 +337,9 @@ def parse_form(start: str, line: str, offset: int, file: str, line_number: int) 
     return result
 
 
-def parse_forms(requests: list[tuple[str, str, int, int]], file: str) -> list[Any] | None:
+def parse_forms(
+    requests: list[tuple[str, str, int, int]], file: str
+) -> list[Any] | None:
     """Parse many forms of one file at once; None if any has an error.
 
     Each request is (start, line, offset, line_number), as for `parse_form`.

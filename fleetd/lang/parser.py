@@ -222,7 +222,9 @@ class _FileParser:
         result = self.prepared.pop((self.line_number, start), _NOT_PREPARED)
         try:
             if result is _NOT_PREPARED:
-                result = parse_form(start, self.line, offset, self.path, self.line_number)
+                result = parse_form(
+                    start, self.line, offset, self.path, self.line_number
+                )
         except ExpressionError as error:
             self.error(error.column, error.message)
             return None

@@ -86,7 +86,11 @@ def distinct_text(index: int) -> str:
     """Return `agent_text(index)` with names changed so no line repeats another agent's."""
     text = agent_text(index)
     body_start = text.index("PREREQUISITE ")
-    body = text[body_start:].replace("user", f"user{index}").replace("this.", f"this.r{index}_")
+    body = (
+        text[body_start:]
+        .replace("user", f"user{index}")
+        .replace("this.", f"this.r{index}_")
+    )
     return text[:body_start] + body.replace("home", f"home{index}")
 
 
@@ -115,7 +119,9 @@ def cold_parse(paths: list[Path], registry: Registry) -> tuple[float, AgentCache
     return time.perf_counter() - start, cache
 
 
-def reload_one_changed(paths: list[Path], cache: AgentCache, round_number: int) -> float:
+def reload_one_changed(
+    paths: list[Path], cache: AgentCache, round_number: int
+) -> float:
     changed = paths[round_number % len(paths)]
     changed.write_text(changed.read_text() + f"# change {round_number}\n")
     misses = cache.misses
@@ -137,14 +143,20 @@ def describe(samples: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=1000, help="number of agent files")
+    parser.add_argument(
+        "--agents", type=int, default=1000, help="number of agent files"
+    )
     parser.add_argument("--runs", type=int, default=7, help="runs of each measurement")
     parser.add_argument(
         "--distinct",
         action="store_true",
         help="make every agent's lines differ, so no parsed line is reused",
     )
-    parser.add_argument("--profile", action="store_true", help="profile one cold parse with pyinstrument")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one cold parse with pyinstrument",
+    )
     options = parser.parse_args()
 
     registry = Registry.default()
@@ -170,10 +182,16 @@ def main() -> int:
         for run in range(options.runs):
             reload.append(reload_one_changed(paths, cache, run))
 
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs"
+    )
     kind = "distinct" if options.distinct else "from one template"
-    print(f"{options.agents} agents {kind}, {lines} lines ({lines / options.agents:.0f} per agent)")
-    print(f"cold parse + validate: {describe(cold)} ({statistics.median(cold) / lines * 1e6:.1f} us per line)")
+    print(
+        f"{options.agents} agents {kind}, {lines} lines ({lines / options.agents:.0f} per agent)"
+    )
+    print(
+        f"cold parse + validate: {describe(cold)} ({statistics.median(cold) / lines * 1e6:.1f} us per line)"
+    )
     print(f"  CPU time of the cold parse: {describe(CPU_SECONDS)}")
     print(f"reload, one file changed: {describe(reload)}")
     return 0

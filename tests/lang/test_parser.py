@@ -357,8 +357,10 @@ def test_every_error_reported() -> None:
     assert found == [
         "t.agent:4:1: unknown command 'echo'; keywords are upper case: ECHO",
         "t.agent:5:1: unknown command 'FROB'",
-        "t.agent:6:10: unexpected end of the line; expected '(', 'FALSE', 'TRUE', "
-        "'[', a name, a number, ...",
+        (
+            "t.agent:6:10: unexpected end of the line; expected '(', 'FALSE', "
+            "'TRUE', '[', a name, a number, ..."
+        ),
         "t.agent:7:9: unknown function 'nosuch'",
         "t.agent:8:9: size() takes 0 or 1 arguments, got 2",
         "t.agent:9:19: invalid regular expression /(/: missing ), unterminated subpattern",
