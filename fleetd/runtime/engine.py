@@ -45,7 +45,7 @@ from fleetd.locks import (
 from fleetd.runtime.agents import LoadedAgent
 from fleetd.runtime.loop import pidfd_child_watcher
 from fleetd.runtime.report import Outcome, RunReport
-from fleetd.runtime.run import RunSettings, run_record
+from fleetd.runtime.run import PendingRun, RunSettings, start_record
 from fleetd.workflows import Workflow, open_workflow
 from fleetd.workflows.base import Record
 
@@ -96,6 +96,7 @@ class Engine:
         self._stopping = False
         self._cancelling = False
         self._runs_done = 0
+        self._in_flight = 0
         self._last_error: str | None = None
         self._watcher: contextlib.AbstractContextManager[None] = (
             contextlib.nullcontext()
@@ -217,13 +218,21 @@ class Engine:
         pending = iter(records)
 
         async def worker() -> None:
+            # While a run's resolution is made durable, the worker already
+            # starts the next record; at most one resolution per worker waits.
+            previous: anyio.Event | None = None
             for record in pending:
                 if self._stopping:
-                    return
+                    break
                 async with self._limiter:
                     if self._stopping:
-                        return
-                    publish(await self._run_one(loaded, record, workflow, settings))
+                        break
+                    run = await self._start_one(loaded, record, workflow, settings)
+                with anyio.CancelScope(shield=True):
+                    if previous is not None:
+                        await previous.wait()
+                    previous = anyio.Event()
+                    group.start_soon(self._finish_one, run, publish, previous)
 
         async with anyio.create_task_group() as group:
             for _ in range(max(1, min(agent.concurrency, len(records)))):
@@ -231,20 +240,21 @@ class Engine:
 
         return reports
 
-    async def _run_one(
+    async def _start_one(
         self,
         loaded: LoadedAgent,
         record: Record,
         workflow: Workflow,
         settings: RunSettings,
-    ) -> RunReport:
+    ) -> PendingRun:
         scope = anyio.CancelScope()
         if self._cancelling:
             scope.cancel()
         self._run_scopes.add(scope)
+        self._in_flight += 1
         started = time.monotonic()
         try:
-            return await run_record(
+            return await start_record(
                 loaded.agent,
                 loaded.variables,
                 record,
@@ -252,21 +262,44 @@ class Engine:
                 settings,
                 cancel_scope=scope,
             )
-        except Exception as error:  # one run never stops the cycle
-            # A state store that failed at lock time or at resolution.
+        except Exception as error:
+            # A state store that failed when the lock was taken.
             logger.exception("run_failed", agent=loaded.agent.name, record=record.id)
-            return RunReport(
+            report = RunReport(
                 agent=loaded.agent.name,
                 mnemonic=loaded.agent.mnemonic,
                 workflow=workflow.name,
                 record=record.id,
                 outcome=Outcome.ERROR,
                 reason=f"internal error: {error}",
-                duration_s=time.monotonic() - started,
             )
+            return PendingRun({"agent": loaded.agent.name}, started, report=report)
         finally:
             self._run_scopes.discard(scope)
+
+    async def _finish_one(
+        self, run: PendingRun, publish: OnReport, done: anyio.Event
+    ) -> None:
+        try:
+            report = await run.finish()
+        except Exception as error:
+            # A state store that failed at the resolution: the lock stays
+            # held until its lease expires and it is recovered as interrupted.
+            logger.exception("resolution_failed", **run.context)
+            report = RunReport(
+                agent=run.context["agent"],
+                mnemonic=run.context["mnemonic"],
+                workflow=run.context["workflow"],
+                record=run.context["record"],
+                outcome=Outcome.ERROR,
+                reason=f"internal error: {error}",
+                run_id=run.context["run_id"],
+            )
+        finally:
+            self._in_flight -= 1
             self._runs_done += 1
+            done.set()
+        publish(report)
 
     def stop_starting(self) -> None:
         """Start no new run; cycles return once their runs in flight end."""
@@ -284,7 +317,7 @@ class Engine:
 
     def statistics(self) -> EngineStatistics:
         return EngineStatistics(
-            runs_in_flight=len(self._run_scopes),
+            runs_in_flight=self._in_flight,
             runs_done=self._runs_done,
             last_error=self._last_error,
         )

@@ -22,9 +22,10 @@ durable.
 from __future__ import annotations
 
 import copy
+import itertools
+import secrets
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,17 @@ class RunSettings:
     marks: Mapping[tuple[str, str, str], Resolution] = field(default_factory=dict)
 
 
+# Run ids are a random prefix per process and a counter: unique like a
+# UUID4, but reading /dev/urandom for each run measured slow in VMs.
+_RUN_ID_PREFIX = secrets.token_hex(6)
+_run_numbers = itertools.count(1)
+
+
+def new_run_id() -> str:
+    """Return an id for a new run, unique across processes and hosts."""
+    return f"{_RUN_ID_PREFIX}-{next(_run_numbers):x}"
+
+
 def join_reasons(texts: list[str]) -> str | None:
     return "; ".join(texts) if texts else None
 
@@ -77,6 +89,93 @@ def record_this(record: Record) -> dict[str, Value]:
         this["id"] = record.id
 
     return this
+
+
+Finish = Callable[[], Awaitable[RunReport]]
+
+
+class PendingRun:
+    """A run whose Cleanup has ended, and whose resolution may be pending.
+
+    `finish` makes the resolution durable (shielded from cancellation) and
+    returns the report. A run that never took a lock (skipped, locked,
+    done, invalid, pretend) has nothing to resolve.
+    """
+
+    def __init__(
+        self,
+        context: dict[str, Any],
+        started: float,
+        report: RunReport | None = None,
+        resolve: Finish | None = None,
+    ) -> None:
+        self.context = context
+        self.started = started
+        self._report = report
+        self._resolve = resolve
+
+    @property
+    def locked(self) -> bool:
+        """Whether a lock is held until `finish` resolves it."""
+        return self._resolve is not None
+
+    async def finish(self) -> RunReport:
+        """Resolve the lock if one is held; log and return the report."""
+        with structlog.contextvars.bound_contextvars(**self.context):
+            if self._resolve is not None:
+                with anyio.CancelScope(shield=True):
+                    structlog.contextvars.bind_contextvars(phase="resolution")
+                    report = await self._resolve()
+            else:
+                assert self._report is not None
+                report = self._report
+            report = replace(report, duration_s=time.monotonic() - self.started)
+            logger.info(
+                "run_finished",
+                outcome=report.outcome.value,
+                run=report.run.value,
+                cleanup=report.cleanup.value,
+                reason=report.reason,
+                duration_s=round(report.duration_s, 6),
+            )
+
+        return report
+
+
+async def start_record(
+    agent: Agent,
+    variables: Mapping[str, Value],
+    record: Record,
+    workflow: Workflow,
+    settings: RunSettings,
+    *,
+    cancel_scope: anyio.CancelScope | None = None,
+    run_id: str | None = None,
+) -> PendingRun:
+    """Run `record` through Requirements, lock, Check, Run and Cleanup.
+
+    The resolution is left to `PendingRun.finish`, so that its durable
+    write can overlap the next run. `cancel_scope`, when given, is the
+    scope Check and Run execute in: its cancellation (by shutdown) fails
+    Run but still runs Cleanup.
+    """
+    run_id = run_id or new_run_id()
+    context = {
+        "agent": agent.name,
+        "mnemonic": agent.mnemonic,
+        "workflow": workflow.name,
+        "record": record.id,
+        "run_id": run_id,
+    }
+    started = time.monotonic()
+    with structlog.contextvars.bound_contextvars(**context, phase="requirements"):
+        outcome = await _run(
+            agent, variables, record, workflow, settings, cancel_scope, run_id
+        )
+    if isinstance(outcome, RunReport):
+        return PendingRun(context, started, report=outcome)
+
+    return PendingRun(context, started, resolve=outcome)
 
 
 async def run_record(
@@ -91,38 +190,19 @@ async def run_record(
 ) -> RunReport:
     """Run `record` through every phase and return its report.
 
-    `cancel_scope`, when given, is the scope Check and Run execute in: its
-    cancellation (by shutdown) fails Run but still runs Cleanup and the
-    resolution.
+    The report is returned once the resolution is durable.
     """
-    run_id = run_id or uuid.uuid4().hex
-    with structlog.contextvars.bound_contextvars(
-        agent=agent.name,
-        mnemonic=agent.mnemonic,
-        workflow=workflow.name,
-        record=record.id,
+    pending = await start_record(
+        agent,
+        variables,
+        record,
+        workflow,
+        settings,
+        cancel_scope=cancel_scope,
         run_id=run_id,
-        phase="requirements",
-    ):
-        started = time.monotonic()
-        report = await _run(
-            agent, variables, record, workflow, settings, cancel_scope, run_id
-        )
-        report = _with_duration(report, time.monotonic() - started)
-        logger.info(
-            "run_finished",
-            outcome=report.outcome.value,
-            run=report.run.value,
-            cleanup=report.cleanup.value,
-            reason=report.reason,
-            duration_s=round(report.duration_s, 6),
-        )
+    )
 
-    return report
-
-
-def _with_duration(report: RunReport, duration: float) -> RunReport:
-    return replace(report, duration_s=duration)
+    return await pending.finish()
 
 
 async def _run(
@@ -133,7 +213,9 @@ async def _run(
     settings: RunSettings,
     cancel_scope: anyio.CancelScope | None,
     run_id: str,
-) -> RunReport:
+) -> RunReport | Finish:
+    """Run the phases up to Cleanup; return a report, or the resolution to make."""
+
     def report(outcome: Outcome, **fields: Any) -> RunReport:
         return RunReport(
             agent=agent.name,
@@ -230,7 +312,7 @@ async def _run(
     else:
         run_result = PhaseResult.SUCCEEDED if run_succeeded else PhaseResult.FAILED
 
-    # Cleanup and resolution: shielded, so shutdown cannot leave a lock.
+    # Cleanup: shielded, so shutdown cannot skip it.
     with anyio.CancelScope(shield=True):
         structlog.contextvars.bind_contextvars(phase="cleanup")
         state.failures.clear()
@@ -241,10 +323,9 @@ async def _run(
             cleanup_succeeded = False
             cleanup_reason = f"cleanup timed out after {settings.cleanup_timeout:g} s"
             logger.error("cleanup_timed_out", timeout_s=settings.cleanup_timeout)
-        cleanup_result = (
-            PhaseResult.SUCCEEDED if cleanup_succeeded else PhaseResult.FAILED
-        )
-        structlog.contextvars.bind_contextvars(phase="resolution")
+    cleanup_result = PhaseResult.SUCCEEDED if cleanup_succeeded else PhaseResult.FAILED
+
+    async def finish() -> RunReport:
         outcome, reason = await _resolve(
             state,
             record,
@@ -254,8 +335,9 @@ async def _run(
             run_reason=run_reason,
             cleanup_reason=cleanup_reason,
         )
+        return report(outcome, run=run_result, cleanup=cleanup_result, reason=reason)
 
-    return report(outcome, run=run_result, cleanup=cleanup_result, reason=reason)
+    return finish
 
 
 async def _resolve(
