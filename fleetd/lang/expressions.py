@@ -371,6 +371,9 @@ def parse_forms(
         _position.line_numbers = None
     if len(parsed) != len(missing):
         return None
+    for index, result in zip(missing, parsed, strict=True):
+        if len(requests[index][1]) > _SHALLOW_LINE and _too_deep(result):
+            return None
     if len(_memo) + len(missing) > _MEMO_LIMIT:
         _memo.clear()
     for index, result in zip(missing, parsed, strict=True):
@@ -386,7 +389,7 @@ def _parse_form(start: str, line: str, offset: int, file: str, line_number: int)
     _position.line_numbers = None
     text = " " * offset + line[offset:]
     try:
-        return _parser.parse(text, start=start)
+        result = _parser.parse(text, start=start)
     except UnexpectedInput as error:
         column = getattr(error, "column", None) or offset + 1
         if isinstance(error, UnexpectedToken) and error.token.type == "$END":
@@ -396,3 +399,41 @@ def _parse_form(start: str, line: str, offset: int, file: str, line_number: int)
         if isinstance(error.orig_exc, ExpressionError):
             raise error.orig_exc from None
         raise
+    if len(line) > _SHALLOW_LINE and _too_deep(result):
+        raise ExpressionError(
+            f"expression nested deeper than {MAX_DEPTH} levels; split it with SET",
+            offset + 1,
+        )
+    return result
+
+
+# Evaluation and the copying of memoized forms recurse once per level of
+# nesting, so a limit keeps them far from Python's recursion limit. Each
+# level takes at least two characters, so a line this short is shallow.
+MAX_DEPTH = 100
+_SHALLOW_LINE = 2 * MAX_DEPTH
+
+
+def _too_deep(item: Any) -> bool:
+    """Tell whether a parsed form nests deeper than MAX_DEPTH, without recursing."""
+    stack: list[tuple[Any, int]] = [(item, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(node, tuple):
+            stack.extend((element, depth) for element in node)
+        elif isinstance(node, (And, Or, Compare)):
+            stack.append((node.left, depth + 1))
+            stack.append((node.right, depth + 1))
+        elif isinstance(node, Not):
+            stack.append((node.operand, depth + 1))
+        elif isinstance(node, Membership):
+            stack.append((node.item, depth + 1))
+            stack.append((node.container, depth + 1))
+        elif isinstance(node, Match):
+            stack.append((node.subject, depth + 1))
+        elif isinstance(node, (ListExpr, FunctionCall)):
+            children = node.items if isinstance(node, ListExpr) else node.args
+            stack.extend((child, depth + 1) for child in children)
+    return False

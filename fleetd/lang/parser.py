@@ -126,6 +126,9 @@ _FORM_OF_KEYWORD = {
     "CALL": "call_command",
 }
 _NOT_PREPARED = object()
+# The runtime walks blocks recursively; a limit keeps it far from Python's
+# recursion limit.
+MAX_BLOCK_DEPTH = 100
 # Split command lines by (text, column), as parsed forms are memoized in
 # fleetd.lang.expressions: many agents repeat the same command lines.
 _WORDS_MEMO: dict[tuple[str, int], tuple[Template, ...]] = {}
@@ -648,6 +651,10 @@ class _FileParser:
 
     def open_block(self, keyword: str, line: str, column: int, head: Any) -> None:
         parent = self.frame
+        if len(self.stack) == MAX_BLOCK_DEPTH + 1:
+            self.error(column, f"blocks nested deeper than {MAX_BLOCK_DEPTH} levels")
+        if len(self.stack) > MAX_BLOCK_DEPTH:
+            head = None
         self.stack.append(
             _Frame(
                 keyword,
