@@ -228,15 +228,24 @@ class Engine:
                     if self._stopping:
                         break
                     run = await self._start_one(loaded, record, workflow, settings)
+                if not run.locked:
+                    await self._finish_one(run, publish)
+                    continue
                 with anyio.CancelScope(shield=True):
                     if previous is not None:
                         await previous.wait()
                     previous = anyio.Event()
                     group.start_soon(self._finish_one, run, publish, previous)
 
+        recovered = len(reports)
         async with anyio.create_task_group() as group:
             for _ in range(max(1, min(agent.concurrency, len(records)))):
                 group.start_soon(worker)
+        # Reports arrive as runs end; the list keeps the workflow's order.
+        order = {record.id: index for index, record in enumerate(records)}
+        reports[recovered:] = sorted(
+            reports[recovered:], key=lambda report: order.get(report.record, 0)
+        )
 
         return reports
 
@@ -278,7 +287,7 @@ class Engine:
             self._run_scopes.discard(scope)
 
     async def _finish_one(
-        self, run: PendingRun, publish: OnReport, done: anyio.Event
+        self, run: PendingRun, publish: OnReport, done: anyio.Event | None = None
     ) -> None:
         try:
             report = await run.finish()
@@ -298,7 +307,8 @@ class Engine:
         finally:
             self._in_flight -= 1
             self._runs_done += 1
-            done.set()
+            if done is not None:
+                done.set()
         publish(report)
 
     def stop_starting(self) -> None:

@@ -82,9 +82,17 @@ def join_reasons(texts: list[str]) -> str | None:
     return "; ".join(texts) if texts else None
 
 
+def copy_values(values: Mapping[str, Value]) -> dict[str, Value]:
+    """Copy variables so a run's changes to lists and dicts stay its own."""
+    return {
+        name: copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+        for name, value in values.items()
+    }
+
+
 def record_this(record: Record) -> dict[str, Value]:
     """Return `this` for a record: its id (unless Null) and its fields."""
-    this: dict[str, Value] = copy.deepcopy(record.fields)
+    this: dict[str, Value] = copy_values(record.fields)
     if record.id is not None:
         this["id"] = record.id
 
@@ -232,7 +240,7 @@ async def _run(
         return report(Outcome.INVALID, reason=record.invalid)
 
     this = record_this(record)
-    scope = Scope({**copy.deepcopy(dict(variables)), "this": this})
+    scope = Scope({**copy_values(variables), "this": this})
     state = RunState(
         agent=agent,
         registry=settings.registry,
@@ -284,20 +292,23 @@ async def _run(
     check_failed: list[str] = []
     run_succeeded = False
     run_reason: str | None = None
+    # One scope serves both: its deadline is the TIMEOUT.
     outer = cancel_scope if cancel_scope is not None else anyio.CancelScope()
+    if agent.timeout is not None:
+        outer.deadline = anyio.current_time() + agent.timeout
     with outer:
-        with anyio.move_on_after(agent.timeout or float("inf")) as timeout_scope:
-            structlog.contextvars.bind_contextvars(phase="check")
-            check_failed = evaluate_conditions(
-                agent.phase(Phase.CHECK), scope, state, stop_at_first=False
-            )
-            if not check_failed:
-                structlog.contextvars.bind_contextvars(phase="run")
-                state.failures.clear()
-                run_succeeded = await run_phase(state, scope)
-                if not run_succeeded:
-                    run_reason = join_reasons(state.failures)
-    if timeout_scope.cancelled_caught:
+        structlog.contextvars.bind_contextvars(phase="check")
+        check_failed = evaluate_conditions(
+            agent.phase(Phase.CHECK), scope, state, stop_at_first=False
+        )
+        if not check_failed:
+            structlog.contextvars.bind_contextvars(phase="run")
+            state.failures.clear()
+            run_succeeded = await run_phase(state, scope)
+            if not run_succeeded:
+                run_reason = join_reasons(state.failures)
+    timed_out = outer.cancelled_caught and anyio.current_time() >= outer.deadline
+    if timed_out:
         run_succeeded = False
         run_reason = f"timed out after {agent.timeout:g} s"
         logger.error("run_timed_out", timeout_s=agent.timeout)
@@ -313,16 +324,17 @@ async def _run(
         run_result = PhaseResult.SUCCEEDED if run_succeeded else PhaseResult.FAILED
 
     # Cleanup: shielded, so shutdown cannot skip it.
-    with anyio.CancelScope(shield=True):
-        structlog.contextvars.bind_contextvars(phase="cleanup")
-        state.failures.clear()
-        with anyio.move_on_after(settings.cleanup_timeout) as cleanup_scope:
-            cleanup_succeeded = await cleanup_phase(state, scope, run_succeeded)
-        cleanup_reason = join_reasons(state.failures)
-        if cleanup_scope.cancelled_caught:
-            cleanup_succeeded = False
-            cleanup_reason = f"cleanup timed out after {settings.cleanup_timeout:g} s"
-            logger.error("cleanup_timed_out", timeout_s=settings.cleanup_timeout)
+    structlog.contextvars.bind_contextvars(phase="cleanup")
+    state.failures.clear()
+    cleanup_succeeded = False
+    deadline = anyio.current_time() + settings.cleanup_timeout
+    with anyio.CancelScope(shield=True, deadline=deadline) as cleanup_scope:
+        cleanup_succeeded = await cleanup_phase(state, scope, run_succeeded)
+    cleanup_reason = join_reasons(state.failures)
+    if cleanup_scope.cancelled_caught:
+        cleanup_succeeded = False
+        cleanup_reason = f"cleanup timed out after {settings.cleanup_timeout:g} s"
+        logger.error("cleanup_timed_out", timeout_s=settings.cleanup_timeout)
     cleanup_result = PhaseResult.SUCCEEDED if cleanup_succeeded else PhaseResult.FAILED
 
     async def finish() -> RunReport:
