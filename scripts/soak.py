@@ -41,12 +41,14 @@ class Sample:
     rss_kib: int
     fds: int
     runs_done: int
+    cpu_s: float  # user plus system time of the daemon process so far
 
 
 @dataclass
 class Soak:
     root: Path
     agents: int
+    loop: str = "asyncio"
     process: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
     status: str = ""
@@ -68,6 +70,7 @@ max_concurrency = 64
 shutdown_grace = "10s"
 safe_path = ["/usr/bin", "/bin"]
 log_level = "warning"
+loop = "{self.loop}"
 
 [globals]
 site = "soak"
@@ -141,7 +144,12 @@ END
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
         fds = len(os.listdir(proc / "fd"))
-        sample = Sample(round(time.monotonic() - since, 1), rss, fds, self.runs_done())
+        # Fields 14 and 15 of /proc/PID/stat, after the parenthesised name.
+        stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        sample = Sample(
+            round(time.monotonic() - since, 1), rss, fds, self.runs_done(), cpu_s
+        )
         self.samples.append(sample)
         return sample
 
@@ -159,7 +167,7 @@ END
 
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fleetd-soak-") as folder:
-        soak = Soak(Path(folder), args.agents)
+        soak = Soak(Path(folder), args.agents, args.loop)
         soak.write_config()
         soak.start()
         assert soak.process is not None
@@ -235,6 +243,13 @@ def run(args: argparse.Namespace) -> int:
             "fds_start": first.fds,
             "fds_end": final.fds,
             "fds_max": max(s.fds for s in soak.samples),
+            "cpu_s_per_1000_runs": round(
+                1000
+                * (final.cpu_s - first.cpu_s)
+                / max(1, final.runs_done - first.runs_done),
+                2,
+            ),
+            "loop": args.loop,
             "stop_s": round(stop_s, 2),
             "exit_status": status,
             "python": platform.python_version(),
@@ -258,6 +273,8 @@ def main() -> int:
                         help="seconds between SIGHUPs (default 3)")  # fmt: skip
     parser.add_argument("--warmup", type=float, default=20.0,
                         help="seconds before the first sample (default 20)")  # fmt: skip
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
+                        help="daemon.loop setting (default asyncio)")  # fmt: skip
     return run(parser.parse_args())
 
 

@@ -43,7 +43,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from fleetd.config import ConfigError
+from fleetd.config import ConfigError, redact_url
 from fleetd.daemon.notify import Notifier, run_watchdog
 from fleetd.daemon.schedule import AgentSlot, agent_interval, is_runnable
 from fleetd.daemon.signals import HANDLED_SIGNALS, receive_signals
@@ -176,7 +176,7 @@ class Supervisor:
         in error) and the previous signal handlers are back in place.
         """
         async with anyio.create_task_group() as daemon_group:
-            # Signals first, so a SIGTERM during startup is a graceful stop.
+            # Signals first, so a SIGTERM while the agents start is a graceful stop.
             await daemon_group.start(self._receive_signals)
             if self._watchdog_period is not None:
                 daemon_group.start_soon(
@@ -380,8 +380,10 @@ class Supervisor:
             old = getattr(self._config.daemon, key)
             new = getattr(config.daemon, key)
             if old != new:
+                # The state URL may carry a password.
+                running = redact_url(old) if key == "state" else str(old)
                 log.warning(
-                    "setting_needs_restart", key=f"daemon.{key}", running=str(old)
+                    "setting_needs_restart", key=f"daemon.{key}", running=running
                 )
 
     # -- agents -------------------------------------------------------------

@@ -626,3 +626,27 @@ async def test_status_reports_last_run_error(tmp_path: Path, log_stream) -> None
 def test_structlog_reset_between_tests() -> None:
     # The autouse fixture resets structlog, so no test sees another's output.
     assert not structlog.is_configured()
+
+
+async def test_reload_warns_restart_settings(tmp_path: Path, log_stream) -> None:
+    config = Config(
+        conf_dir=tmp_path,
+        daemon=DaemonSettings(state="postgresql://fleet:hunter2@127.0.0.1/fleet"),
+    )
+    engine = FakeEngine()
+    agents = agent_set(make_agent("A"))
+    source = FakeSource(make_config(tmp_path, interval=0.1), agents)
+    supervisor = Supervisor(engine, source, config, agents, Notifier(None))
+
+    async def script() -> None:
+        await anyio.sleep(0.05)
+        assert await supervisor.reload()
+        send_signal(signal.SIGTERM)
+
+    await run_supervisor(supervisor, script)
+    (warning,) = events(log_stream, "setting_needs_restart")
+    assert warning["key"] == "daemon.state"
+    assert warning["running"].startswith("postgresql://fleet:")
+    assert "hunter2" not in log_stream.getvalue()
+    # Other settings apply at once.
+    assert engine.configs[-1].daemon.interval == 0.1
