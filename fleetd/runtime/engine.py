@@ -2,10 +2,12 @@
 
 One `Engine` owns the state store, the lock manager and the workflows of
 one configuration. `run_cycle` runs one agent over the records its
-workflow lists: first it resolves the workflow's abandoned locks (each
-reported once, as `error` with reason `interrupted`), then it runs the
-records with at most the agent's CONCURRENCY at once, and at most
-`max_concurrency` runs of all agents together.
+workflow lists. First it resolves the workflow's abandoned locks, each
+reported once as `error` with reason `interrupted`. Then it runs the
+records, at most the agent's CONCURRENCY at once and at most
+`max_concurrency` runs of all agents together. A run holds its slot from
+Requirements to the end of Cleanup; its resolution is written after the
+slot is released, so that the fsync overlaps the next run.
 
 Graceful stop: `stop_starting()` makes every cycle start no new run and
 return once its runs in flight end; `cancel_runs()` also cancels the Check

@@ -3,8 +3,8 @@
 On Python 3.11 asyncio's default child watcher (`ThreadedChildWatcher`)
 starts one thread per program to wait for it. Starting that thread was
 about a third of the cost of spawning /bin/true in scripts/bench/engine.py
-on a 2-core machine; `PidfdChildWatcher` waits on a pidfd in the event loop
-instead, with no thread. Python 3.12 made a pidfd watcher the default, and
+on a 2-core machine. `PidfdChildWatcher` waits on a pidfd in the event
+loop instead, with no thread. Python 3.12 made a pidfd watcher the default, and
 uvloop has its own, so this is done only on 3.11's own event loop.
 """
 

@@ -12,8 +12,8 @@ argument. This module adds what a shell would otherwise decide:
 - stdout and stderr are read concurrently, line by line, and each line is
   logged at info. A line longer than `MAX_LINE_BYTES` is cut and the number
   of bytes cut is logged, so a program printing without newlines cannot
-  grow memory. Reading never stops while the program runs, so a full pipe
-  never blocks it.
+  grow memory. The event loop reads each pipe as data arrives, so a full
+  pipe never blocks the program.
 - Cancellation (a TIMEOUT, a PARALLEL sibling failing, shutdown) sends
   SIGTERM to the group, then SIGKILL after `kill_grace` seconds, and waits
   for the program in a shielded scope, so it is always reaped. Processes the
@@ -58,8 +58,8 @@ PIPE_CLOSE_WAIT = 1.0  # seconds to wait for pipes once the group is killed
 class ProgramResult:
     """What became of one program: exit status, or why it never started.
 
-    `returncode` is None when the program did not start (then `error` says
-    why) or was cancelled before it exited; a negative value is the signal
+    `returncode` is None when the program did not start (then `error` gives
+    the reason) or was cancelled before it exited; a negative value is the signal
     that ended it. `output` holds the last lines of stdout and stderr.
     """
 
@@ -93,7 +93,7 @@ class ProgramResult:
 
 
 class SpawnError(Exception):
-    """The program could not be started; the message says why."""
+    """The program could not be started; the message gives the reason."""
 
 
 def resolve_program(
@@ -131,7 +131,7 @@ def resolve_program(
 
 
 def check_arguments(argv: Sequence[str]) -> None:
-    """Raise `SpawnError` when an argument holds a NUL byte."""
+    """Raise `SpawnError` when an argument contains a NUL byte."""
     if not argv:
         raise SpawnError("command line is empty")
     for index, word in enumerate(argv):
@@ -248,7 +248,7 @@ async def _stop_group(
 async def _finish(
     transport: asyncio.SubprocessTransport, protocol: _ProgramProtocol
 ) -> None:
-    """Wait for the exit status; stop reading pipes nobody will close."""
+    """Wait for the exit status, and stop reading pipes that stay open."""
     if not protocol.closed.is_set():
         with anyio.move_on_after(PIPE_CLOSE_WAIT):
             await protocol.closed.wait()

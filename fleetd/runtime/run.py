@@ -1,11 +1,11 @@
 """One run of one record: Requirements, lock, Check, Run, Cleanup, resolution.
 
-Design note. Check and Run execute inside one cancel scope, which the
-agent's TIMEOUT bounds and which `Engine.cancel_runs` cancels at shutdown;
-either makes Run fail (a failed Check stays a failed Check). Cleanup and
-the resolution execute in a shielded cancel scope: Cleanup is bounded by
-`cleanup_timeout` alone, and the resolution always completes, so a run
-that started with a lock ends with it resolved, whatever cancels it. The
+Design note. Check and Run execute inside one cancel scope. The agent's
+TIMEOUT is its deadline, and `Engine.cancel_runs` cancels it at shutdown.
+Either makes Run fail, while a failed Check stays a failed Check. Cleanup
+and the resolution execute in shielded cancel scopes. Cleanup is bounded
+by `cleanup_timeout` alone, and the resolution always completes, so a run
+that took a lock ends with it resolved, whatever cancels it. The
 resolution follows this table:
 
     Run        Cleanup    resolution          outcome
@@ -53,7 +53,7 @@ logger = structlog.get_logger()
 
 @dataclass(slots=True)
 class RunSettings:
-    """What every run of one engine shares."""
+    """Settings that every run of one engine shares."""
 
     registry: Registry
     locks: LockManager | None  # None in pretend mode
