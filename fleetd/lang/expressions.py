@@ -84,7 +84,7 @@ class ExpressionError(ValueError):
 
 
 class _Position(threading.local):
-    """Where the text being parsed comes from, for the locations of nodes."""
+    """Source file and line numbers of the text being parsed, for node locations."""
 
     file: str = ""
     line: int = 0
@@ -236,9 +236,9 @@ def _describe(error: UnexpectedInput) -> str:
     return "syntax error"
 
 
-# Parsed forms by (start, offset, text); agents of one conf dir repeat many
-# lines (`REQUIRE this.status = "approved"`), and moving a parsed form to
-# another file and line is several times cheaper than parsing it again.
+# Parsed forms by (start, offset, text). Agents of one conf dir repeat many
+# lines (`REQUIRE this.status = "approved"`), and copying a parsed form to
+# another file and line costs a fraction of parsing it again.
 _memo: dict[tuple[str, int, str], Any] = {}
 _MEMO_LIMIT = 20_000
 
@@ -343,7 +343,7 @@ def parse_forms(
     """Parse many forms of one file at once; None if any has an error.
 
     Each request is (start, line, offset, line_number), as for `parse_form`.
-    Forms seen before come from the memo; the others go through one parse
+    Forms seen before come from the memo. The others go through one parse
     of a batch text, which saves the setup cost of a parse per line. After
     an error the caller parses line by line, to report every error.
     """

@@ -1,7 +1,7 @@
 """Perl's `crypt`: the system crypt(3), through libcrypt.
 
 Perl's `crypt` calls the C library's crypt(3), so calling the same library
-gives the same result for every salt form: traditional DES for a
+gives the same result for every salt form. That is traditional DES for a
 two-character salt, `$1$`, `$5$`, `$6$`, `$y$` and the others libcrypt
 supports, and the failure token `*0` for an invalid salt. The stdlib
 `crypt` module wraps the same call but is gone from Python 3.13, so this

@@ -1,10 +1,9 @@
 """Perl's `sprintf`, `pack` and `unpack`, for the built-in functions.
 
-Python's `%` operator shares most of `sprintf`'s conversions but numifies
-and stringifies differently (Perl's `%d` of "42abc" is 42, its `%s` of
-0.5 is "0.5"), and has no `%b`, vectors or explicit argument indexes; so
-each conversion is formatted on its own, with Perl's conversion of the
-argument. `pack`/`unpack` cover the string and integer letters that
+Python's `%` operator shares most of `sprintf`'s conversions, but it
+numifies and stringifies differently: Perl's `%d` of "42abc" is 42. It
+also has no `%b` and no explicit argument indexes. So each conversion is
+formatted on its own, after Perl's conversion of the argument. `pack`/`unpack` cover the string and integer letters that
 command lines and record fields need (a A Z H h C c n N v V U w/o
 modifiers); other letters raise ValueError.
 """
@@ -111,7 +110,10 @@ def _format_one(
             digits = "0" + digits[2:] if digits.startswith("0o") else digits
         sign = "-" if integer < 0 and conv in "di" else ""
         if not sign and conv in "di":
-            sign = "+" if "+" in flags else (" " if " " in flags else "")
+            if "+" in flags:
+                sign = "+"
+            elif " " in flags:
+                sign = " "
     body = sign + digits
     if width is not None and len(body) < width:
         if "-" in flags:

@@ -16,9 +16,9 @@ REFERENCE_RE = re.compile(
     r"\$\{\s*([A-Za-z0-9_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\s*\}"
 )
 
-# Escapes of double-quoted strings, plus `\xHH` and `\x{HHHH}`; any other
-# escaped character stands for itself, as in FleetConf (`\"` is a quote,
-# `\$` a dollar that starts no reference).
+# Escapes of double-quoted strings, besides `\xHH` and `\x{HHHH}`. Any other
+# escaped character stands for itself, as in FleetConf: `\"` is a quote and
+# `\$` a dollar that starts no reference.
 _HEX_ESCAPE_RE = re.compile(r"\\x(?:\{([0-9A-Fa-f]{1,6})\}|([0-9A-Fa-f]{1,2}))")
 _STRING_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 

@@ -1,9 +1,9 @@
 """Values of the agent language and Perl's rules for them.
 
 FleetConf agents were evaluated by Perl, so a value is a scalar (string or
-number), undefined, or a list; truth, stringification and numification
-follow Perl 5, which agents rely on (`"0"` is false, `"10" = "10.0"` holds,
-`0` interpolates as `0`).
+number), undefined, or a list. Truth, stringification and numification
+follow Perl 5, because agents rely on them: `"0"` is false, `"10" = "10.0"`
+holds and `0` interpolates as `0`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Benchmark parsing and validating agent files.
 
-Generates 1,000 agents of about 50 lines in a temporary directory, then
-measures, over several runs: a cold parse and validation of every file
+Generates 1,000 agents of about 50 lines in a temporary directory. Then it
+measures, over several runs, a cold parse and validation of every file
 with a fresh `AgentCache`, and a reload through the warm cache after one
-file changed (only that file is parsed again).
+file changed, where only that file is parsed again.
 
 Usage: python scripts/bench/parse.py [--agents N] [--runs N] [--profile]
 """

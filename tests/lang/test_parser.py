@@ -64,7 +64,8 @@ def test_header_lines() -> None:
     assert agent.version == "$Rev: 1507 $"
     assert agent.mnemonic == "homedir"
     assert agent.workflow == "requests"
-    assert agent.schedule is not None and agent.schedule.every == 300.0
+    assert agent.schedule is not None
+    assert agent.schedule.every == 300.0
     assert agent.concurrency == 4
     assert agent.timeout == 90.0
     assert agent.commands == ()
@@ -81,7 +82,8 @@ def test_header_defaults() -> None:
 
 def test_schedule_manual_and_ms() -> None:
     agent = parse_agent(HEADER + "SCHEDULE manual\nTIMEOUT 250ms\n", "s.agent")
-    assert agent.schedule is not None and agent.schedule.manual
+    assert agent.schedule is not None
+    assert agent.schedule.manual
     assert agent.timeout == 0.25
 
 
@@ -147,7 +149,8 @@ def test_phases_of_commands() -> None:
     assert assign.source == 'SET this.status = "done"'
     assert assign.loc.line == 9
     log = commands[8]
-    assert isinstance(log, Log) and log.level == "warning"
+    assert isinstance(log, Log)
+    assert log.level == "warning"
     exec_command = commands[9]
     assert isinstance(exec_command, ExecCommand)
     assert exec_command.ignore_failure
@@ -260,17 +263,21 @@ def test_program_commands() -> None:
     start, option, option_if, exec_if, exec_plain = agent.commands
     assert isinstance(start, ProgramStart)
     assert [w.parts for w in start.argv] == [("useradd",), ("-m",)]
-    assert isinstance(option, ProgramOption) and option.condition is None
+    assert isinstance(option, ProgramOption)
+    assert option.condition is None
     assert option.words[1].parts[0] == Variable(
         ("shell",), option.words[1].parts[0].loc
     )
-    assert isinstance(option_if, ProgramOption) and option_if.condition is not None
+    assert isinstance(option_if, ProgramOption)
+    assert option_if.condition is not None
     assert [len(w.parts) for w in option_if.words] == [1, 1]
     assert option_if.words[0].loc.column == 26
     assert isinstance(exec_if, ProgramExec)
-    assert exec_if.only_if_option and exec_if.ignore_failure
+    assert exec_if.only_if_option
+    assert exec_if.ignore_failure
     assert isinstance(exec_plain, ProgramExec)
-    assert not exec_plain.only_if_option and not exec_plain.ignore_failure
+    assert not exec_plain.only_if_option
+    assert not exec_plain.ignore_failure
 
 
 def test_exec_words_keep_values_in_one_argument() -> None:
@@ -281,7 +288,8 @@ def test_exec_words_keep_values_in_one_argument() -> None:
     words = command.argv
     assert len(words) == 5
     assert words[1].parts == (Variable(("this", "username"), words[1].parts[0].loc),)
-    assert words[3].parts[0] == "a" and words[3].parts[2] == "b"
+    assert words[3].parts[0] == "a"
+    assert words[3].parts[2] == "b"
     assert words[4].parts[0] == "q "
 
 
