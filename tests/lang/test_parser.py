@@ -31,6 +31,7 @@ from fleetd.lang import (
     When,
     load_agent,
     parse_agent,
+    parse_duration,
 )
 
 HEADER = "NAME Test\nMNEMONIC test\n"
@@ -412,3 +413,62 @@ def test_string_literals() -> None:
     assert isinstance(template, Template)
     assert template.parts[0] == 'a"b${x}\n'
     assert isinstance(template.parts[1], Variable)
+
+
+@pytest.mark.parametrize(
+    ("word", "level"),
+    [
+        ("DEBUG", "debug"), ("info", "info"), ("Notice", "notice"),
+        ("WARNING", "warning"), ("WARN", "warning"), ("ERROR", "error"),
+        ("err", "error"), ("CRITICAL", "critical"), ("CRIT", "critical"),
+        ("ALERT", "alert"), ("EMERGENCY", "emergency"), ("EMERG", "emergency"),
+    ],
+)  # fmt: skip
+def test_log_levels(word: str, level: str) -> None:
+    (command,) = parse(f"LOG {word} user ${{user}} done\n").commands
+    assert isinstance(command, Log)
+    assert command.level == level
+    assert command.text.parts[0] == "user "
+
+
+def test_log_level_invalid() -> None:
+    found = errors(HEADER + "LOG LOUD hello\nLOG\n")
+    assert found[0].startswith("t.agent:3:5: invalid LOG level 'LOUD'")
+    assert found[1].startswith("t.agent:4:4: invalid LOG level 'nothing'")
+
+
+def test_builtin_arity_checked() -> None:
+    found = errors(HEADER + 'SET a = index("x")\nSET b = index("x", "y", 1, 2)\nSET c = OS(1)\n')
+    assert found == [
+        "t.agent:3:9: index() takes 2 or 3 arguments, got 1",
+        "t.agent:4:9: index() takes 2 or 3 arguments, got 4",
+        "t.agent:5:9: OS() takes 0 arguments, got 1",
+    ]
+
+
+def test_byte_order_mark_dropped(tmp_path) -> None:
+    path = tmp_path / "bom.agent"
+    path.write_bytes(b"\xef\xbb\xbfNAME x\r\nMNEMONIC y\r\n")
+    agent = load_agent(path)
+    assert agent.name == "x"
+    assert agent.path == str(path)
+
+
+def test_blocks_nested_too_deep() -> None:
+    text = HEADER + "WHEN TRUE DO\n" * 101 + "ECHO x\n" + "END\n" * 101
+    assert errors(text) == ["t.agent:103:1: blocks nested deeper than 100 levels"]
+
+
+def test_expression_nested_too_deep() -> None:
+    found = errors(HEADER + "CHECK " + "NOT " * 120 + "TRUE\n")
+    assert found == ["t.agent:3:6: expression nested deeper than 100 levels; split it with SET"]
+
+
+def test_durations() -> None:
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("1h30m") == 5400.0
+    assert parse_duration("2.5s") == 2.5
+    with pytest.raises(ValueError):
+        parse_duration("5")
+    with pytest.raises(ValueError):
+        parse_duration("5 minutes")
