@@ -11,9 +11,10 @@ first one.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,11 @@ class _FileParser:
             spec = self.registry.function(call.name)
             if spec is None:
                 self.diagnostics.append(
-                    Diagnostic(call.loc, f"unknown function {call.name!r}")
+                    Diagnostic(
+                        call.loc,
+                        f"unknown function {call.name!r}"
+                        + _suggestion(call.name, self.registry.functions),
+                    )
                 )
                 continue
             count = len(call.args)
@@ -627,7 +632,11 @@ class _FileParser:
         spec = self.registry.command(call.name)
         if spec is None:
             self.diagnostics.append(
-                Diagnostic(call.loc, f"unknown command {call.name!r} in CALL")
+                Diagnostic(
+                    call.loc,
+                    f"unknown command {call.name!r} in CALL"
+                    + _suggestion(call.name, self.registry.commands),
+                )
             )
             return
         count = len(call.args)
@@ -753,6 +762,16 @@ class _FileParser:
             digest=digest,
             by_phase=by_phase,
         )
+
+
+def _suggestion(name: str, known: Iterable[str]) -> str:
+    """Return "; did you mean 'x'?" for a close known name, else ""."""
+    matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    if not matches:
+        lowered = {candidate.lower(): candidate for candidate in known}
+        if name.lower() in lowered:
+            matches = [lowered[name.lower()]]
+    return f"; did you mean {matches[0]!r}?" if matches else ""
 
 
 def _leading_blanks(text: str) -> int:

@@ -438,7 +438,9 @@ def test_log_level_invalid() -> None:
 
 
 def test_builtin_arity_checked() -> None:
-    found = errors(HEADER + 'SET a = index("x")\nSET b = index("x", "y", 1, 2)\nSET c = OS(1)\n')
+    found = errors(
+        HEADER + 'SET a = index("x")\nSET b = index("x", "y", 1, 2)\nSET c = OS(1)\n'
+    )
     assert found == [
         "t.agent:3:9: index() takes 2 or 3 arguments, got 1",
         "t.agent:4:9: index() takes 2 or 3 arguments, got 4",
@@ -461,7 +463,9 @@ def test_blocks_nested_too_deep() -> None:
 
 def test_expression_nested_too_deep() -> None:
     found = errors(HEADER + "CHECK " + "NOT " * 120 + "TRUE\n")
-    assert found == ["t.agent:3:6: expression nested deeper than 100 levels; split it with SET"]
+    assert found == [
+        "t.agent:3:6: expression nested deeper than 100 levels; split it with SET"
+    ]
 
 
 def test_durations() -> None:
@@ -472,3 +476,14 @@ def test_durations() -> None:
         parse_duration("5")
     with pytest.raises(ValueError):
         parse_duration("5 minutes")
+
+
+def test_unknown_names_suggest_close_ones() -> None:
+    found = errors(
+        HEADER + 'CHECK isPathExists("/x")\nSET y = lenght("x")\nSET z = qq(1)\n'
+    )
+    assert found == [
+        "t.agent:3:7: unknown function 'isPathExists'; did you mean 'IsPathExists'?",
+        "t.agent:4:9: unknown function 'lenght'; did you mean 'length'?",
+        "t.agent:5:9: unknown function 'qq'",
+    ]

@@ -22,13 +22,13 @@ def words(text: str, variables: dict | None = None) -> list[str]:
     [
         "ls -l /tmp",
         "echo 'a b' \"c d\" e\\ f",
-        "printf \"%s <%s>\\n\" x y",
-        "a\"b c\"d 'e'\"f\"g",
+        'printf "%s <%s>\\n" x y',
+        'a"b c"d \'e\'"f"g',
         "echo \"\" ''",
-        "echo \"a\\\\b\" \"q\\\"q\" 'x\\y'",
+        'echo "a\\\\b" "q\\"q" \'x\\y\'',
         "  spaced   out\twords  ",
         "echo \\'not quoted\\'",
-        "echo \"don't\"",
+        'echo "don\'t"',
     ],
 )
 def test_split_like_posix_shell(text: str) -> None:
@@ -41,12 +41,20 @@ def test_hash_starts_comment_only_at_word_start() -> None:
 
 def test_value_stays_one_argument() -> None:
     hostile = "x; rm -rf / $(id) `id` 'q' \"d\"\nnext -flag"
-    result = words('useradd ${name} --comment "${name}" pre${name}post', {"name": hostile})
+    result = words(
+        'useradd ${name} --comment "${name}" pre${name}post', {"name": hostile}
+    )
     assert result == ["useradd", hostile, "--comment", hostile, f"pre{hostile}post"]
 
 
 def test_references_in_every_quoting() -> None:
-    assert words("echo '${x}' \"${x}\" ${x} \\${x}", {"x": "v"}) == ["echo", "v", "v", "v", "${x}"]
+    assert words("echo '${x}' \"${x}\" ${x} \\${x}", {"x": "v"}) == [
+        "echo",
+        "v",
+        "v",
+        "v",
+        "${x}",
+    ]
 
 
 def test_reference_locations() -> None:
