@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from fleetd.config.secrets import MASK
 from fleetd.lang import (
     EvaluationError,
     Registry,
@@ -100,10 +101,19 @@ class RunState:
     hooks: dict[str, list[Hook]] = field(
         default_factory=lambda: {"commit": [], "rollback": [], "error": []}
     )
+    # Values of the `*_secret` and `*_password` globals, masked in logs.
+    secrets: tuple[str, ...] = ()
 
     @property
     def mnemonic(self) -> str:
         return self.agent.mnemonic
+
+    def redact(self, text: str) -> str:
+        """Return `text` with every secret value replaced by `***`."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
 
     def fail(self, command: Command, why: str) -> None:
         """Record and log the failure of `command`."""
@@ -192,7 +202,7 @@ def assign(command: Assign, scope: Scope, state: RunState) -> None:
                 "pretend_set",
                 command=command_text(command),
                 field=field_name,
-                value=render(value),
+                value=state.redact(render(value)),
             )
         return
     try:
@@ -247,7 +257,8 @@ async def exec_program(
 ) -> None:
     """Run a program (or show it, in pretend); raise `CommandError` on failure."""
     if state.pretend:
-        state.log.info("pretend_exec", command=command_text(command), argv=argv)
+        shown = [state.redact(word) for word in argv]
+        state.log.info("pretend_exec", command=command_text(command), argv=shown)
         return
     result = await run_program(
         argv,
@@ -255,6 +266,7 @@ async def exec_program(
         conf_dir=state.conf_dir,
         kill_grace=state.kill_grace,
         log=state.log,
+        redact=state.redact if state.secrets else None,
     )
     if result.ok:
         return
@@ -277,15 +289,19 @@ async def execute_leaf(
     elif isinstance(command, Echo):
         text = interpolate_text(command.text, scope)
         if state.pretend:
-            state.log.info("pretend_echo", command=command_text(command), text=text)
+            state.log.info(
+                "pretend_echo", command=command_text(command), text=state.redact(text)
+            )
         else:
             state.echo(text)
     elif isinstance(command, Log):
         text = interpolate_text(command.text, scope)
         if state.pretend:
-            state.log.info("pretend_log", command=command_text(command), text=text)
+            state.log.info(
+                "pretend_log", command=command_text(command), text=state.redact(text)
+            )
         else:
-            log_at(state.log, command.level, "agent_log", message=text)
+            log_at(state.log, command.level, "agent_log", message=state.redact(text))
     elif isinstance(command, ExecCommand):
         argv = interpolate_words(command.argv, scope)
         await exec_program(command, argv, command.ignore_failure, state)

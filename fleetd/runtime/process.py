@@ -38,7 +38,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,15 +145,24 @@ def check_arguments(argv: Sequence[str]) -> None:
 class _OutputReader:
     """Split one pipe into lines, log each, keep the last ones."""
 
-    def __init__(self, stream: str, log: Any, capture: deque[str]) -> None:
+    def __init__(
+        self,
+        stream: str,
+        log: Any,
+        capture: deque[str],
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         self.stream = stream
         self.log = log
         self.capture = capture
+        self.redact = redact
         self.pending = bytearray()
         self.cut = 0  # bytes dropped from the current line
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", errors="replace").rstrip("\r")
+        if self.redact is not None:
+            text = self.redact(text)
         if self.cut:
             self.log.info(
                 "program_output", stream=self.stream, line=text, cut_bytes=self.cut
@@ -267,8 +276,12 @@ async def run_program(
     env: dict[str, str] | None = None,
     kill_grace: float = KILL_GRACE,
     log: Any = None,
+    redact: Callable[[str], str] | None = None,
 ) -> ProgramResult:
     """Run one program to its end and return its `ProgramResult`.
+
+    `redact`, when given, is applied to each output line before it is
+    logged or kept (to mask secrets).
 
     When the caller's scope is cancelled, the program's process group gets
     SIGTERM, then SIGKILL after `kill_grace` seconds; the program is reaped
@@ -289,8 +302,8 @@ async def run_program(
     capture: deque[str] = deque(maxlen=CAPTURE_LINES)
     program_log = _LazyBound(log)
     protocol = _ProgramProtocol(
-        _OutputReader("stdout", program_log, capture),
-        _OutputReader("stderr", program_log, capture),
+        _OutputReader("stdout", program_log, capture, redact),
+        _OutputReader("stderr", program_log, capture, redact),
     )
     loop = asyncio.get_running_loop()
     try:

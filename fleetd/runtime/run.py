@@ -33,7 +33,8 @@ from typing import Any
 import anyio
 import structlog
 
-from fleetd.lang import Registry, Scope, Value
+from fleetd.config.secrets import is_secret
+from fleetd.lang import Registry, Scope, Value, render
 from fleetd.lang.ast import Agent, Phase
 from fleetd.locks import Done, LeaseLost, Locked, LockKey, LockManager, Resolution
 from fleetd.runtime.interpreter import RunState
@@ -88,6 +89,16 @@ def copy_values(values: Mapping[str, Value]) -> dict[str, Value]:
         name: copy.deepcopy(value) if isinstance(value, (dict, list)) else value
         for name, value in values.items()
     }
+
+
+def secret_values(variables: Mapping[str, Value]) -> tuple[str, ...]:
+    """Return the text of every `*_secret` or `*_password` global, longest first."""
+    texts = {
+        render(value)
+        for name, value in variables.items()
+        if is_secret(name) and isinstance(value, (str, int, float))
+    }
+    return tuple(sorted((text for text in texts if text), key=len, reverse=True))
 
 
 def record_this(record: Record) -> dict[str, Value]:
@@ -253,6 +264,7 @@ async def _run(
         conf_dir=settings.conf_dir,
         pretend=settings.pretend,
         kill_grace=settings.kill_grace,
+        secrets=secret_values(variables),
     )
 
     # Requirements: every command runs, every unmet one is named.

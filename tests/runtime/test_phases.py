@@ -534,3 +534,25 @@ async def test_expression_error_in_run_fails(fleet: Fleet) -> None:
     assert report.run is PhaseResult.FAILED
     assert report.outcome is Outcome.ROLLED_BACK
     assert fleet.echoed == ["cleanup"]
+
+
+async def test_secret_globals_masked_in_logs(fleet: Fleet, events: list) -> None:
+    fleet.settings(extra='[globals]\ndb_password = "hunter2"\n')
+    fleet.agent(
+        """
+        NAME     Secret
+        MNEMONIC secret
+        EXEC_COMMAND echo connecting with ${db_password}
+        LOG INFO using ${db_password}
+        """
+    )
+    [report] = await fleet.cycle()
+    assert report.run is PhaseResult.SUCCEEDED
+    [output] = [e for e in events if e["event"] == "program_output"]
+    assert output["line"] == "connecting with ***"
+    [logged] = [e for e in events if e["event"] == "agent_log"]
+    assert logged["message"] == "using ***"
+    await fleet.cycle(pretend=True)
+    [shown] = [e for e in events if e["event"] == "pretend_exec"]
+    assert shown["argv"] == ["echo", "connecting", "with", "***"]
+    assert "hunter2" not in repr(events)
