@@ -107,8 +107,9 @@ class Done(LockRefused):
     """The mnemonic already committed the record, with or without error."""
 
     def __init__(self, mark: Mark) -> None:
-        super().__init__("in error" if mark.resolution is Resolution.ERROR
-                         else "committed")
+        super().__init__(
+            "in error" if mark.resolution is Resolution.ERROR else "committed"
+        )
         self.mark = mark
 
 
@@ -132,20 +133,36 @@ class StateStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def acquire(self, key: LockKey, owner: Owner, agent: str,
-                      run_id: str, lease: float, *, check_mark: bool) -> Grant:
+    async def acquire(
+        self,
+        key: LockKey,
+        owner: Owner,
+        agent: str,
+        run_id: str,
+        lease: float,
+        *,
+        check_mark: bool,
+    ) -> Grant:
         """Take the lock, or raise `Locked` or `Done` (when `check_mark`)."""
         ...
 
-    async def renew(self, grants: list[Grant], owner: Owner,
-                    lease: float) -> list[Grant]:
+    async def renew(
+        self, grants: list[Grant], owner: Owner, lease: float
+    ) -> list[Grant]:
         """Extend the leases; return the renewed grants, omitting lost ones."""
         ...
 
-    async def resolve(self, grant: Grant, resolution: Resolution, *,
-                      agent: str, run_id: str, reason: str | None,
-                      mark: bool, in_transaction: InTransaction | None = None
-                      ) -> None:
+    async def resolve(
+        self,
+        grant: Grant,
+        resolution: Resolution,
+        *,
+        agent: str,
+        run_id: str,
+        reason: str | None,
+        mark: bool,
+        in_transaction: InTransaction | None = None,
+    ) -> None:
         """Release the lock, write the mark (when `mark`) and history.
 
         Raises `LeaseLost` when `grant.token` is no longer the lock's token;
@@ -157,8 +174,9 @@ class StateStore(Protocol):
         """Raise `LeaseLost` unless `grant` still holds its lock."""
         ...
 
-    async def abandoned(self, host: str, alive: Callable[[Owner], bool]
-                        ) -> list[LockInfo]:
+    async def abandoned(
+        self, host: str, alive: Callable[[Owner], bool]
+    ) -> list[LockInfo]:
         """List locks whose lease expired, or whose owner on `host` died."""
         ...
 
@@ -170,8 +188,9 @@ class StateStore(Protocol):
 
     async def marks(self, *, errors_only: bool = False) -> list[Mark]: ...
 
-    async def history(self, record: str, workflow: str | None = None
-                      ) -> list[HistoryEntry]:
+    async def history(
+        self, record: str, workflow: str | None = None
+    ) -> list[HistoryEntry]:
         """Every resolution of `record`, newest first."""
         ...
 

@@ -42,7 +42,7 @@ from fleetd.locks.common import (
     await_detached,
     lock_from_row,
 )
-from fleetd.locks.sqlite_writer import BatchWriter, connect, is_transient
+from fleetd.locks.sqlite_writer import BatchWriter, StoreClosed, connect, is_transient
 
 log = structlog.get_logger()
 
@@ -133,9 +133,11 @@ class SQLiteStore:
             raise
 
     async def close(self) -> None:
+        # Stopping the writer commits what is queued and completes every
+        # future, so the detached operations are done after it.
+        await self._writer.stop()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._writer.stop()
         if self._reader is not None:
             reader, self._reader = self._reader, None
             await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
@@ -210,7 +212,10 @@ class SQLiteStore:
             mnemonic=grant.key.mnemonic,
             token=grant.token,
         )
-        self._keep(self._writer.submit(operation))
+        try:
+            self._keep(self._writer.submit(operation))
+        except StoreClosed:
+            pass  # the lease expires and the lock is recovered as interrupted
 
     def _keep(self, future: asyncio.Future[Any]) -> None:
         self._tasks.add(future)

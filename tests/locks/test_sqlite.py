@@ -127,7 +127,7 @@ async def test_busy_database_retried(tmp_path: Path) -> None:
     await store.open()
     try:
         # Another process's writer holds the write lock for a while.
-        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         blocker.execute("BEGIN IMMEDIATE")
         timer = threading.Timer(0.6, blocker.execute, ("COMMIT",))
         timer.start()
