@@ -48,13 +48,8 @@ from fleetd.lang.ast import (
 from fleetd.lang.cache import AgentCache
 from fleetd.lang.errors import AgentError, Diagnostic, EvaluationError
 from fleetd.lang.evaluate import evaluate, interpolate
-from fleetd.lang.parser import (
-    LOG_LEVELS,
-    decode_agent,
-    load_agent,
-    parse_agent,
-    parse_duration,
-)
+from fleetd.lang.keywords import LOG_LEVELS, parse_duration
+from fleetd.lang.parser import decode_agent, load_agent, parse_agent
 from fleetd.lang.registry import (
     CommandContext,
     CommandSpec,

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleetd.lang import AgentCache, Registry, expressions, parser
+from fleetd.lang import AgentCache, Registry, expressions, reader
 
 
 def agent_text(index: int) -> str:
@@ -109,7 +109,7 @@ CPU_SECONDS: list[float] = []
 def cold_parse(paths: list[Path], registry: Registry) -> tuple[float, AgentCache]:
     # No parsed form or command line is kept from an earlier run.
     expressions._memo.clear()
-    parser._WORDS_MEMO.clear()
+    reader.WORDS_MEMO.clear()
     cache = AgentCache(registry)
     start = time.perf_counter()
     cpu_start = time.process_time()
