@@ -202,19 +202,19 @@ async def test_pretend_calls_only_side_effect_free_commands(fleet: Fleet) -> Non
 
 
 async def test_call_false_or_raising_fails(fleet: Fleet) -> None:
-    def refuse(ctx: Any) -> int:
+    def reject(ctx: Any) -> int:
         return 0
 
     def explode(ctx: Any) -> int:
         raise OSError("no route")
 
-    fleet.registry.add_command(CommandSpec("refuse", 0, 0, refuse))
+    fleet.registry.add_command(CommandSpec("reject", 0, 0, reject))
     fleet.registry.add_command(CommandSpec("explode", 0, 0, explode))
     fleet.agent(
         """
         NAME     Refuse
-        MNEMONIC refuse
-        CALL refuse()
+        MNEMONIC reject
+        CALL reject()
         """,
         name="a.agent",
     )
@@ -229,7 +229,7 @@ async def test_call_false_or_raising_fails(fleet: Fleet) -> None:
     reports = await fleet.cycle()
     assert [r.run for r in reports] == [PhaseResult.FAILED, PhaseResult.FAILED]
     assert reports[0].reason is not None
-    assert "refuse returned false" in reports[0].reason
+    assert "reject returned false" in reports[0].reason
     assert reports[1].reason is not None
     assert "explode raised OSError: no route" in reports[1].reason
 

@@ -556,3 +556,76 @@ async def test_secret_globals_masked_in_logs(fleet: Fleet, events: list) -> None
     [shown] = [e for e in events if e["event"] == "pretend_exec"]
     assert shown["argv"] == ["echo", "connecting", "with", "***"]
     assert "hunter2" not in repr(events)
+
+
+async def test_blocks_in_requirements_name_each_unmet(fleet: Fleet) -> None:
+    fleet.record("uma", groups=["staff", "admin"], active="0")
+    path = fleet.agent(
+        """
+        NAME     Blocks
+        MNEMONIC blocks
+        WORKFLOW requests
+        FOREACH group IN this.groups DO
+            REQUIRE group = "staff"
+        END
+        WHEN defined(this.active) DO
+            REQUIRE this.active
+        END
+        """
+    )
+    [report] = await fleet.cycle()
+    assert report.outcome is Outcome.SKIPPED
+    assert report.reason == (
+        f'{path}:5: REQUIRE group = "staff"; {path}:8: REQUIRE this.active'
+    )
+
+
+async def test_pretend_shows_every_run_command(fleet: Fleet, events: list) -> None:
+    fleet.agent(
+        f"""
+        NAME     Show
+        MNEMONIC show
+        PARALLEL
+            EXEC_COMMAND touch {fleet.root}/a
+            EXEC_COMMAND touch {fleet.root}/b
+        END
+        EXEC_COMMAND false
+        EXEC_COMMAND touch {fleet.root}/c
+        ON_SUCCESS
+            ECHO done
+        END
+        """
+    )
+    [report] = await fleet.cycle(pretend=True)
+    assert report.outcome is Outcome.PRETEND
+    assert report.would == "commit"
+    shown = [e["argv"][-1] for e in events if e["event"] == "pretend_exec"]
+    assert shown == [f"{fleet.root}/a", f"{fleet.root}/b", "false", f"{fleet.root}/c"]
+    assert [e["text"] for e in events if e["event"] == "pretend_echo"] == ["done"]
+    assert not any(fleet.root.glob("[abc]"))
+    assert fleet.echoed == []
+
+
+async def test_reconfigure_applies_to_later_cycles(fleet: Fleet) -> None:
+    other = fleet.root / "other-spool"
+    other.mkdir()
+    (other / "vera.json").write_text("{}")
+    fleet.record("walt")
+    fleet.agent(
+        """
+        NAME     Lister
+        MNEMONIC lister
+        WORKFLOW requests
+        ECHO ${this.id}
+        """
+    )
+    [loaded] = fleet.load().agents.values()
+    async with fleet.engine() as engine:
+        await engine.run_cycle(loaded)
+        text = (fleet.conf / "00-test.toml").read_text()
+        (fleet.conf / "00-test.toml").write_text(
+            text.replace(str(fleet.spool), str(other))
+        )
+        engine.reconfigure(fleet.config())
+        await engine.run_cycle(loaded)
+    assert fleet.echoed == ["walt", "vera"]
