@@ -309,6 +309,8 @@ async def _run(
     if agent.timeout is not None:
         outer.deadline = anyio.current_time() + agent.timeout
     with outer:
+        # NOTE: expressions evaluate synchronously, so TIMEOUT cannot stop a
+        # slow function inside Check; it takes effect at the next await.
         structlog.contextvars.bind_contextvars(phase="check")
         check_failed = evaluate_conditions(
             agent.phase(Phase.CHECK), scope, state, stop_at_first=False
