@@ -18,7 +18,9 @@ argument. This module adds what a shell would otherwise decide:
   SIGTERM to the group, then SIGKILL after `kill_grace` seconds, and waits
   for the program in a shielded scope, so it is always reaped. Processes the
   program left behind in its group when it exited are killed the same way,
-  as systemd does for a unit's control group.
+  as systemd does for a unit's control group. NOTE: a process that left
+  the group with setsid() escapes both; its pipes are closed after
+  `PIPE_CLOSE_WAIT` seconds so that the run still ends.
 - Spawn failures (not found, not executable, NUL in an argument) come back
   as a failed `ProgramResult`; no exception escapes `run_program` other
   than cancellation.
