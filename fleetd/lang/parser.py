@@ -12,6 +12,7 @@ first one.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -140,44 +141,43 @@ class _FileParser(LineReader):
             )
             return
         self.header_locs[keyword] = self.at(column)
+
         raw = line[rest_at:].strip()
-        value_column = (
-            rest_at + 1 + (len(line[rest_at:]) - len(line[rest_at:].lstrip()))
-        )
-        value: Any = raw
+        value_column = rest_at + 1 + leading_blanks(line[rest_at:])
         if keyword in ("SCHEDULE", "CONCURRENCY", "TIMEOUT"):
             raw = TRAILING_COMMENT_RE.sub("", raw)
         if not raw and keyword not in ("DESCRIPTION", "VERSION"):
             self.error(column, f"{keyword} needs a value")
             return
+
+        value = self.header_value(keyword, raw, value_column)
+        if value is not None:
+            self.header[keyword] = value
+
+    def header_value(self, keyword: str, raw: str, column: int) -> Any:
+        """Return the value of a header line, or None after reporting an error."""
         if keyword == "MNEMONIC" and not MNEMONIC_RE.match(raw):
-            self.error(
-                value_column,
-                f"invalid MNEMONIC {raw!r}; use letters, digits, '_' and '-'",
-            )
-            return
+            message = f"invalid MNEMONIC {raw!r}; use letters, digits, '_' and '-'"
+            self.error(column, message)
+            return None
         if keyword == "WORKFLOW" and not WORKFLOW_RE.match(raw):
-            self.error(value_column, f"invalid WORKFLOW name {raw!r}")
-            return
+            self.error(column, f"invalid WORKFLOW name {raw!r}")
+            return None
         if keyword == "CONCURRENCY":
-            if not raw.isdigit() or int(raw) < 1:
-                self.error(
-                    value_column,
-                    f"CONCURRENCY must be a whole number >= 1, got {raw!r}",
-                )
-                return
-            value = int(raw)
-        elif keyword == "TIMEOUT":
+            if not re.fullmatch(r"[0-9]+", raw) or int(raw) < 1:
+                message = f"CONCURRENCY must be a whole number >= 1, got {raw!r}"
+                self.error(column, message)
+                return None
+            return int(raw)
+        if keyword == "TIMEOUT":
             try:
-                value = parse_duration(raw)
+                return parse_duration(raw)
             except ValueError as error:
-                self.error(value_column, f"TIMEOUT: {error}")
-                return
-        elif keyword == "SCHEDULE":
-            value = self.parse_schedule(raw, value_column)
-            if value is None:
-                return
-        self.header[keyword] = value
+                self.error(column, f"TIMEOUT: {error}")
+                return None
+        if keyword == "SCHEDULE":
+            return self.parse_schedule(raw, column)
+        return raw
 
     def parse_schedule(self, raw: str, column: int) -> Schedule | None:
         words = raw.split()

@@ -20,8 +20,8 @@ NOT_PREPARED = object()
 # The runtime walks blocks recursively; a limit keeps it far from Python's
 # recursion limit.
 MAX_BLOCK_DEPTH = 100
-# Split command lines by (text, column), as parsed forms are memoized in
-# fleetd.lang.expressions: many agents repeat the same command lines.
+# Split command lines by (text, column). Many agents repeat the same command
+# lines, so they are memoized as parsed forms are in fleetd.lang.expressions.
 WORDS_MEMO: dict[tuple[str, int], tuple[Template, ...]] = {}
 WORDS_MEMO_LIMIT = 20_000
 KEYWORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
