@@ -255,7 +255,13 @@ async def call(command: CallCommand, scope: Scope, state: RunState) -> bool:
 async def exec_program(
     command: Command, argv: list[str], ignore_failure: bool, state: RunState
 ) -> None:
-    """Run a program (or show it, in pretend); raise `CommandError` on failure."""
+    """Run a program (or show it, in pretend); raise `CommandError` on failure.
+
+    IGNORE_FAILURE ignores a non-zero exit only: a program that cannot start
+    (not found, not executable, NUL in an argument) still fails, because
+    that is a mistake in the agent or the host, not an outcome of the
+    program.
+    """
     if state.pretend:
         shown = [state.redact(word) for word in argv]
         state.log.info("pretend_exec", command=command_text(command), argv=shown)

@@ -629,3 +629,17 @@ async def test_reconfigure_applies_to_later_cycles(fleet: Fleet) -> None:
         engine.reconfigure(fleet.config())
         await engine.run_cycle(loaded)
     assert fleet.echoed == ["walt", "vera"]
+
+
+async def test_ignore_failure_does_not_hide_spawn_failure(fleet: Fleet) -> None:
+    fleet.agent(
+        """
+        NAME     Ignore
+        MNEMONIC ignore
+        EXEC_COMMAND IGNORE_FAILURE no-such-program-here
+        ECHO after
+        """
+    )
+    [report] = await fleet.cycle()
+    assert report.run is PhaseResult.FAILED
+    assert fleet.echoed == []
