@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
-from fleetd.locks import open_store
+from fleetd.locks import StateStore, open_store
 from fleetd.locks.sqlite import SQLiteStore
 
 CHILD = Path(__file__).with_name("child.py")
@@ -27,6 +30,53 @@ async def sqlite_store(sqlite_url: str) -> AsyncIterator[SQLiteStore]:
     await store.open()
     yield store
     await store.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL of the test PostgreSQL server whose search_path is a fresh schema.
+
+    Each test gets its own schema, so tests and concurrent test runs on one
+    server do not see each other's locks.
+    """
+    dsn = os.environ.get("FLEETD_TEST_PG_DSN")
+    if not dsn:
+        pytest.skip("FLEETD_TEST_PG_DSN is not set: no PostgreSQL server to test")
+    schema = f"fleetd_test_{os.getpid()}_{secrets.token_hex(4)}"
+    asyncio.run(_execute(dsn, f"CREATE SCHEMA {schema}"))
+    parts = urlsplit(dsn)
+    query = [*parse_qsl(parts.query), ("search_path", schema)]
+    try:
+        yield urlunsplit(parts._replace(query=urlencode(query)))
+    finally:
+        asyncio.run(_execute(dsn, f"DROP SCHEMA {schema} CASCADE"))
+
+
+async def _execute(dsn: str, statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty state store of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[StateStore]:
+    """An open state store of each kind."""
+    opened = open_store(store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 class Child:

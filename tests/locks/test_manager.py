@@ -1,4 +1,4 @@
-"""Lock manager over a real SQLite file: grants, resolutions, leases, hooks."""
+"""Lock manager over each real store: grants, resolutions, leases, hooks."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from fleetd.locks import (
     LockManager,
     Owner,
     Resolution,
+    StateStore,
     current_owner,
 )
-from fleetd.locks.sqlite import SQLiteStore
 
 KEY = LockKey("accounts", "alice", "mk")
 
@@ -29,9 +29,9 @@ def other_owner() -> Owner:
     return Owner(owner.host, owner.pid, "other-instance", owner.started)
 
 
-async def test_grant_then_locked(sqlite_store: SQLiteStore) -> None:
-    first = LockManager(sqlite_store, current_owner(), lease=30)
-    second = LockManager(sqlite_store, other_owner(), lease=30)
+async def test_grant_then_locked(store: StateStore) -> None:
+    first = LockManager(store, current_owner(), lease=30)
+    second = LockManager(store, other_owner(), lease=30)
     transaction = await first.begin(KEY, agent="a", run_id="r1", check_mark=True)
     with pytest.raises(Locked) as refused:
         await second.begin(KEY, agent="a", run_id="r2", check_mark=True)
@@ -41,8 +41,8 @@ async def test_grant_then_locked(sqlite_store: SQLiteStore) -> None:
     assert second.statistics().refused == 1
 
 
-async def test_tokens_grow_with_every_grant(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_tokens_grow_with_every_grant(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     tokens = []
     for _ in range(3):
         transaction = await locks.begin(KEY, agent="a", run_id="r", check_mark=True)
@@ -52,8 +52,8 @@ async def test_tokens_grow_with_every_grant(sqlite_store: SQLiteStore) -> None:
 
 
 @pytest.mark.parametrize("resolve", ["commit", "commit_with_error"])
-async def test_marked_record_is_done(sqlite_store: SQLiteStore, resolve: str) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_marked_record_is_done(store: StateStore, resolve: str) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     await getattr(transaction, resolve)(reason="why")
     with pytest.raises(Done) as refused:
@@ -63,28 +63,28 @@ async def test_marked_record_is_done(sqlite_store: SQLiteStore, resolve: str) ->
     assert str(refused.value) == ("committed" if resolve == "commit" else "in error")
 
 
-async def test_unchecked_mark_grants(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_unchecked_mark_grants(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     null_key = LockKey("Null", "", "mk")
     transaction = await locks.begin(null_key, agent="a", run_id="r1", check_mark=False)
     await transaction.commit_with_error(reason="failed")
     again = await locks.begin(null_key, agent="a", run_id="r2", check_mark=False)
     await again.commit()
-    marks = await sqlite_store.marks()
+    marks = await store.marks()
     assert [m.resolution for m in marks] == [Resolution.COMMIT]
 
 
-async def test_null_error_listed_in_marks(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_null_error_listed_in_marks(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     null_key = LockKey("Null", "", "mk")
     transaction = await locks.begin(null_key, agent="a", run_id="r1", check_mark=False)
     await transaction.commit_with_error(reason="cleanup failed")
-    errors = await sqlite_store.marks(errors_only=True)
+    errors = await store.marks(errors_only=True)
     assert [(m.key, m.reason) for m in errors] == [(null_key, "cleanup failed")]
 
 
-async def test_rollback_leaves_record_eligible(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_rollback_leaves_record_eligible(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     transaction.stage("state", "x")
     applied: list[dict] = []
@@ -94,22 +94,22 @@ async def test_rollback_leaves_record_eligible(sqlite_store: SQLiteStore) -> Non
 
     await transaction.rollback(reason="run failed")
     assert applied == []
-    assert await sqlite_store.marks() == []
+    assert await store.marks() == []
     again = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
     await again.commit(apply)
     assert applied == []  # nothing was staged in the second run
 
 
-async def test_history_newest_first(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_history_newest_first(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     await transaction.rollback(reason="check failed")
     transaction = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
     await transaction.commit_with_error(reason="cleanup failed")
-    assert await sqlite_store.retry("mk", ["alice"]) == 1
+    assert await store.retry("mk", ["alice"]) == 1
     transaction = await locks.begin(KEY, agent="a", run_id="r3", check_mark=True)
     await transaction.commit()
-    history = await sqlite_store.history("alice")
+    history = await store.history("alice")
     assert [(h.run_id, h.resolution) for h in history] == [
         ("r3", Resolution.COMMIT),
         ("r2", Resolution.ERROR),
@@ -117,27 +117,25 @@ async def test_history_newest_first(sqlite_store: SQLiteStore) -> None:
     ]
     assert history[1].reason == "cleanup failed"
     assert history[0].owner == str(current_owner())
-    assert await sqlite_store.counts() == {
-        "a": {"committed": 1, "error": 1, "rolled_back": 1}
-    }
+    assert await store.counts() == {"a": {"committed": 1, "error": 1, "rolled_back": 1}}
 
 
-async def test_retry_clears_marks(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_retry_clears_marks(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     for record in ("alice", "bob"):
         transaction = await locks.begin(
             LockKey("accounts", record, "mk"), agent="a", run_id="r", check_mark=True
         )
         await transaction.commit_with_error(reason="failed")
-    assert await sqlite_store.retry("other", ["alice"]) == 0
-    assert await sqlite_store.retry("mk", ["alice", "bob", "carol"]) == 2
-    assert await sqlite_store.marks() == []
+    assert await store.retry("other", ["alice"]) == 0
+    assert await store.retry("mk", ["alice", "bob", "carol"]) == 2
+    assert await store.marks() == []
     transaction = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
     assert transaction.grant.token > 0
 
 
-async def test_commit_applies_staged_changes(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_commit_applies_staged_changes(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     transaction.stage("state", "active")
     transaction.stage("uid", 1001)
@@ -153,8 +151,8 @@ async def test_commit_applies_staged_changes(sqlite_store: SQLiteStore) -> None:
         await transaction.rollback()
 
 
-async def test_failed_apply_leaves_transaction_open(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_failed_apply_leaves_transaction_open(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     transaction.stage("state", "active")
 
@@ -164,20 +162,20 @@ async def test_failed_apply_leaves_transaction_open(sqlite_store: SQLiteStore) -
     with pytest.raises(OSError):
         await transaction.commit(apply)
     assert transaction.resolution is None
-    assert await sqlite_store.history("alice") == []
+    assert await store.history("alice") == []
     await transaction.commit_with_error(apply, reason="commit failed")
-    [entry] = await sqlite_store.history("alice")
+    [entry] = await store.history("alice")
     assert entry.resolution is Resolution.ERROR
     assert entry.reason == "commit failed; applying staged changes failed: disk full"
 
 
-async def test_hooks_run_after_durable_resolution(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_hooks_run_after_durable_resolution(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     calls: list[str] = []
 
     async def first() -> None:
-        history = await sqlite_store.history("alice")
+        history = await store.history("alice")
         calls.append(f"first:{history[0].resolution.value}")
 
     def failing() -> None:
@@ -203,9 +201,9 @@ async def test_hooks_run_after_durable_resolution(sqlite_store: SQLiteStore) -> 
     [("rollback", ["rollback"]), ("commit_with_error", ["error"])],
 )
 async def test_hooks_by_resolution(
-    sqlite_store: SQLiteStore, resolve: str, expected: list[str]
+    store: StateStore, resolve: str, expected: list[str]
 ) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     calls: list[str] = []
     transaction.on_commit(lambda: calls.append("commit"))
@@ -215,22 +213,22 @@ async def test_hooks_by_resolution(
     assert calls == expected
 
 
-async def test_expired_lease_cannot_commit(sqlite_store: SQLiteStore) -> None:
+async def test_expired_lease_cannot_commit(store: StateStore) -> None:
     # The manager is not entered, so nothing renews the lease.
-    locks = LockManager(sqlite_store, current_owner(), lease=0.2)
+    locks = LockManager(store, current_owner(), lease=0.2)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     await asyncio.sleep(0.4)
     with capture_logs() as logs, pytest.raises(LeaseLost):
         await transaction.commit()
     assert transaction.lost
-    assert await sqlite_store.history("alice") == []
+    assert await store.history("alice") == []
     assert [e["event"] for e in logs if e["log_level"] == "error"] == [
         "resolution_rejected"
     ]
 
 
-async def test_recovered_lock_fences_late_commit(sqlite_store: SQLiteStore) -> None:
-    holder = LockManager(sqlite_store, current_owner(), lease=0.2)
+async def test_recovered_lock_fences_late_commit(store: StateStore) -> None:
+    holder = LockManager(store, current_owner(), lease=0.2)
     transaction = await holder.begin(KEY, agent="a", run_id="r1", check_mark=True)
     transaction.stage("state", "late")
     applied: list[dict] = []
@@ -239,7 +237,7 @@ async def test_recovered_lock_fences_late_commit(sqlite_store: SQLiteStore) -> N
         applied.append(changes)
 
     await asyncio.sleep(0.4)
-    recoverer = LockManager(sqlite_store, other_owner(), lease=30)
+    recoverer = LockManager(store, other_owner(), lease=30)
     recovered = await recoverer.recover_abandoned()
     assert [lock.run_id for lock in recovered] == ["r1"]
     with pytest.raises(LeaseLost):
@@ -247,7 +245,7 @@ async def test_recovered_lock_fences_late_commit(sqlite_store: SQLiteStore) -> N
     with pytest.raises(LeaseLost):
         await transaction.rollback()
     assert applied == []
-    history = await sqlite_store.history("alice")
+    history = await store.history("alice")
     assert [(h.resolution, h.reason) for h in history] == [
         (Resolution.ERROR, "interrupted")
     ]
@@ -255,8 +253,8 @@ async def test_recovered_lock_fences_late_commit(sqlite_store: SQLiteStore) -> N
     assert holder.statistics().lost == 1
 
 
-async def test_renewal_keeps_lease(sqlite_store: SQLiteStore) -> None:
-    async with LockManager(sqlite_store, current_owner(), lease=0.6) as locks:
+async def test_renewal_keeps_lease(store: StateStore) -> None:
+    async with LockManager(store, current_owner(), lease=0.6) as locks:
         transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
         first_expiry = transaction.grant.expires
         await asyncio.sleep(1.5)
@@ -267,12 +265,12 @@ async def test_renewal_keeps_lease(sqlite_store: SQLiteStore) -> None:
         assert locks.statistics().held == 0
 
 
-async def test_renewal_detects_lost_lease(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_renewal_detects_lost_lease(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
-    [held] = await sqlite_store.locks()
+    [held] = await store.locks()
     # Another process resolves the lock, as if it had found it abandoned.
-    assert await sqlite_store.resolve_abandoned(held, "interrupted")
+    assert await store.resolve_abandoned(held, "interrupted")
     await locks.renew()
     assert transaction.lost
     assert locks.statistics().lost == 1
@@ -280,41 +278,41 @@ async def test_renewal_detects_lost_lease(sqlite_store: SQLiteStore) -> None:
         await transaction.commit()
 
 
-async def test_live_owner_not_abandoned(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_live_owner_not_abandoned(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     assert await locks.recover_abandoned() == []
-    assert len(await sqlite_store.locks()) == 1
+    assert len(await store.locks()) == 1
 
 
-async def test_reused_pid_is_abandoned(sqlite_store: SQLiteStore) -> None:
+async def test_reused_pid_is_abandoned(store: StateStore) -> None:
     me = current_owner()
     # This process's pid with another start time: a process that died and
     # whose pid the kernel gave to this one.
     ghost = Owner(me.host, os.getpid(), "ghost", me.started + 1)
-    await LockManager(sqlite_store, ghost, lease=30).begin(
+    await LockManager(store, ghost, lease=30).begin(
         KEY, agent="a", run_id="r1", check_mark=True
     )
-    locks = LockManager(sqlite_store, me, lease=30)
+    locks = LockManager(store, me, lease=30)
     assert [lock.owner.instance for lock in await locks.recover_abandoned()] == [
         "ghost"
     ]
 
 
-async def test_recover_abandoned_by_workflow(sqlite_store: SQLiteStore) -> None:
-    holder = LockManager(sqlite_store, current_owner(), lease=0.1)
+async def test_recover_abandoned_by_workflow(store: StateStore) -> None:
+    holder = LockManager(store, current_owner(), lease=0.1)
     await holder.begin(KEY, agent="a", run_id="r1", check_mark=True)
     await holder.begin(
         LockKey("other", "x", "mk"), agent="a", run_id="r2", check_mark=True
     )
     await asyncio.sleep(0.3)
-    locks = LockManager(sqlite_store, other_owner(), lease=30)
+    locks = LockManager(store, other_owner(), lease=30)
     assert [lock.run_id for lock in await locks.recover_abandoned("accounts")] == ["r1"]
-    assert [lock.run_id for lock in await sqlite_store.locks()] == ["r2"]
+    assert [lock.run_id for lock in await store.locks()] == ["r2"]
 
 
-async def test_recovery_reported_once(sqlite_store: SQLiteStore) -> None:
-    holder = LockManager(sqlite_store, current_owner(), lease=0.1)
+async def test_recovery_reported_once(store: StateStore) -> None:
+    holder = LockManager(store, current_owner(), lease=0.1)
     for record in range(10):
         await holder.begin(
             LockKey("accounts", str(record), "mk"),
@@ -323,14 +321,14 @@ async def test_recovery_reported_once(sqlite_store: SQLiteStore) -> None:
             check_mark=True,
         )
     await asyncio.sleep(0.3)
-    managers = [LockManager(sqlite_store, other_owner(), lease=30) for _ in range(3)]
+    managers = [LockManager(store, other_owner(), lease=30) for _ in range(3)]
     results = await asyncio.gather(*(m.recover_abandoned() for m in managers))
     recovered = sorted(lock.run_id for result in results for lock in result)
     assert recovered == sorted(str(record) for record in range(10))
 
 
-async def test_cancelled_begin_leaves_no_lock(sqlite_store: SQLiteStore) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
+async def test_cancelled_begin_leaves_no_lock(store: StateStore) -> None:
+    locks = LockManager(store, current_owner(), lease=30)
     task = asyncio.ensure_future(
         locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
     )
@@ -339,8 +337,8 @@ async def test_cancelled_begin_leaves_no_lock(sqlite_store: SQLiteStore) -> None
     with pytest.raises(asyncio.CancelledError):
         await task
     for _ in range(50):
-        if not await sqlite_store.locks():
+        if not await store.locks():
             break
         await asyncio.sleep(0.02)
-    assert await sqlite_store.locks() == []
-    assert await sqlite_store.history("alice") == []
+    assert await store.locks() == []
+    assert await store.history("alice") == []

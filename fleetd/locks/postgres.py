@@ -1,0 +1,604 @@
+"""The fleet state store: PostgreSQL, shared by the fleetd processes of many hosts.
+
+Claims are atomic under concurrency because the lock row's primary key
+decides them: `INSERT ... ON CONFLICT DO NOTHING` grants to exactly one
+claimant. The mark is read after the insert, in the same transaction,
+so a claim that raced a commit either waits for that commit and sees its
+mark, or sees no commit at all. Lease times come from the database clock
+(`now()`), never from a host's clock. Tokens come from a sequence, so they
+only grow. A resolution locks the row (`FOR UPDATE`), checks the token and
+the expiry, runs `in_transaction` (a workflow's `UPDATE`) and writes the
+mark and history, all in one transaction.
+
+Connection loss (a restart, a failover, a cut network) is retried with
+backoff and jitter, for as long as it lasts: a run waits, and nothing is
+reported written before PostgreSQL acknowledged the commit. A commit whose
+acknowledgement was lost is retried too; the retry finds its own result
+(the lock it was granted, the history row of its token) instead of
+failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+from fleetd.locks.backoff import retry_delay
+from fleetd.locks.base import (
+    Done,
+    Grant,
+    HistoryEntry,
+    InTransaction,
+    LeaseLost,
+    Locked,
+    LockInfo,
+    LockKey,
+    Mark,
+    Owner,
+    Resolution,
+)
+from fleetd.locks.common import (
+    HISTORY_COLUMNS,
+    LOCK_COLUMNS,
+    MARK_COLUMNS,
+    SCHEMA_VERSION,
+    SchemaError,
+    await_detached,
+    grant_of,
+    lock_from_row,
+    same_claim,
+)
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+#: Key of the advisory lock that serializes schema migrations.
+MIGRATION_LOCK = 0x666C65657464  # "fleetd" in ASCII
+
+NOW = "extract(epoch from now())::float8"
+KEY_WHERE = "workflow = $1 AND record = $2 AND mnemonic = $3"
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE SEQUENCE fleetd_tokens",
+        """CREATE TABLE fleetd_locks (
+            workflow text NOT NULL, record text NOT NULL, mnemonic text NOT NULL,
+            agent text NOT NULL,
+            owner_host text NOT NULL, owner_pid integer NOT NULL,
+            owner_started bigint NOT NULL, owner_instance text NOT NULL,
+            token bigint NOT NULL,
+            since float8 NOT NULL, expires float8 NOT NULL,
+            run_id text NOT NULL,
+            PRIMARY KEY (workflow, record, mnemonic))""",
+        """CREATE TABLE fleetd_marks (
+            workflow text NOT NULL, record text NOT NULL, mnemonic text NOT NULL,
+            agent text NOT NULL, resolution text NOT NULL, reason text,
+            at float8 NOT NULL,
+            PRIMARY KEY (workflow, record, mnemonic))""",
+        """CREATE TABLE fleetd_history (
+            id bigserial PRIMARY KEY,
+            workflow text NOT NULL, record text NOT NULL, mnemonic text NOT NULL,
+            agent text NOT NULL, resolution text NOT NULL, reason text,
+            run_id text NOT NULL, owner text NOT NULL, token bigint NOT NULL,
+            started float8 NOT NULL, at float8 NOT NULL)""",
+        "CREATE INDEX fleetd_history_by_record ON fleetd_history (record, workflow)",
+        "CREATE INDEX fleetd_history_by_token ON fleetd_history (token)",
+    ),
+}
+assert max(MIGRATIONS) == SCHEMA_VERSION
+
+#: Migrations that take locks long enough to stall running daemons; they
+#: run only from `fleetd db upgrade`, never automatically at start.
+OFFLINE_MIGRATIONS: frozenset[int] = frozenset()
+
+# Errors after which the same operation may succeed: the connection went
+# away, the server is starting or stopping, or a transaction conflicted.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Tell whether `error` is one that a retry of the operation may cure."""
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+async def migrate(connection: asyncpg.Connection, *, offline: bool) -> int:
+    """Create or upgrade the schema; return its version.
+
+    Concurrent callers serialize on an advisory lock, so fleetd processes
+    starting together migrate once. Without `offline`, a pending migration
+    in OFFLINE_MIGRATIONS raises SchemaError instead of running.
+    """
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS fleetd_schema (version integer NOT NULL)"
+        )
+        version = await connection.fetchval("SELECT max(version) FROM fleetd_schema")
+        version = version or 0
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"state database schema version {version} is newer than this"
+                f" fleetd supports ({SCHEMA_VERSION}); upgrade fleetd"
+            )
+        pending = range(version + 1, SCHEMA_VERSION + 1)
+        if not offline and OFFLINE_MIGRATIONS.intersection(pending):
+            raise SchemaError(
+                f"state database schema version {version} needs an upgrade that"
+                f" must run while no fleetd runs; run `fleetd db upgrade`"
+            )
+        for target in pending:
+            for statement in MIGRATIONS[target]:
+                await connection.execute(statement)
+            await connection.execute("DELETE FROM fleetd_schema")
+            await connection.execute(
+                "INSERT INTO fleetd_schema (version) VALUES ($1)", target
+            )
+            log.info("state_store_migrated", version=target)
+
+    return SCHEMA_VERSION
+
+
+async def upgrade(url: str) -> int:
+    """Create or migrate the schema at `url`, offline migrations included."""
+    connection = await asyncpg.connect(url)
+    try:
+        return await migrate(connection, offline=True)
+    finally:
+        await connection.close()
+
+
+class PostgresStore:
+    """State store in a PostgreSQL database; see the module docstring."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 10, open_attempts: int = 10
+    ) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.open_attempts = open_attempts
+        self._pool: asyncpg.Pool | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.retries = 0
+
+    async def open(self) -> None:
+        """Connect and migrate; retry a server that is not up yet a few times."""
+        for attempt in range(1, self.open_attempts + 1):
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self.url, min_size=1, max_size=self.pool_size
+                )
+                async with self._pool.acquire() as connection:
+                    await migrate(connection, offline=False)
+                return
+            except Exception as error:
+                if self._pool is not None:
+                    self._pool.terminate()
+                    self._pool = None
+                if not is_transient(error) or attempt == self.open_attempts:
+                    raise
+                await self._wait_retry("open", attempt, error)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def _wait_retry(
+        self, operation: str, attempt: int, error: BaseException
+    ) -> None:
+        delay = retry_delay(attempt)
+        self.retries += 1
+        log.warning(
+            "state_store_retry",
+            store="postgresql",
+            operation=operation,
+            attempt=attempt,
+            delay_s=round(delay, 3),
+            error=repr(error),
+        )
+        await asyncio.sleep(delay)
+
+    async def _retrying(
+        self, operation: str, run: Callable[[asyncpg.Connection, int], Awaitable[T]]
+    ) -> T:
+        """Run `run(connection, attempt)` until it ends without a transient error."""
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL state store is not open")
+        attempt = 1
+        while True:
+            try:
+                async with self._pool.acquire() as connection:
+                    return await run(connection, attempt)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                await self._wait_retry(operation, attempt, error)
+                attempt += 1
+
+    # Locks
+
+    async def acquire(
+        self,
+        key: LockKey,
+        owner: Owner,
+        agent: str,
+        run_id: str,
+        lease: float,
+        *,
+        check_mark: bool,
+    ) -> Grant:
+        async def run(connection: asyncpg.Connection, attempt: int) -> Grant:
+            async with connection.transaction():
+                granted = await connection.fetchrow(
+                    f"INSERT INTO fleetd_locks ({LOCK_COLUMNS})"
+                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+                    f" nextval('fleetd_tokens'), {NOW}, {NOW} + $9, $10)"
+                    " ON CONFLICT DO NOTHING RETURNING token, expires",
+                    key.workflow,
+                    key.record,
+                    key.mnemonic,
+                    agent,
+                    owner.host,
+                    owner.pid,
+                    owner.started,
+                    owner.instance,
+                    lease,
+                    run_id,
+                )
+                if check_mark:
+                    # Raising rolls back the insert above.
+                    row = await connection.fetchrow(
+                        f"SELECT {MARK_COLUMNS} FROM fleetd_marks WHERE {KEY_WHERE}",
+                        key.workflow,
+                        key.record,
+                        key.mnemonic,
+                    )
+                    if row is not None:
+                        raise Done(_mark_from_row(row))
+                if granted is not None:
+                    return Grant(key, granted["token"], granted["expires"])
+                row = await connection.fetchrow(
+                    f"SELECT {LOCK_COLUMNS} FROM fleetd_locks WHERE {KEY_WHERE}",
+                    key.workflow,
+                    key.record,
+                    key.mnemonic,
+                )
+            if row is None:
+                # Released between the insert and the select: claim again.
+                return await run(connection, attempt)
+            holder = lock_from_row(row)
+            if attempt > 1 and same_claim(holder, owner, run_id):
+                return grant_of(holder)
+            raise Locked(holder)
+
+        task = self._retrying("acquire", run)
+
+        return await await_detached(task, self._tasks, self._release_orphan)
+
+    def _release_orphan(self, grant: Grant) -> None:
+        # The caller was cancelled after its lock was granted: drop the lock
+        # without a resolution, as if it had never been taken.
+        async def run(connection: asyncpg.Connection, attempt: int) -> None:
+            await connection.execute(
+                f"DELETE FROM fleetd_locks WHERE {KEY_WHERE} AND token = $4",
+                grant.key.workflow,
+                grant.key.record,
+                grant.key.mnemonic,
+                grant.token,
+            )
+
+        log.info(
+            "lock_released_after_cancel",
+            record=grant.key.record,
+            mnemonic=grant.key.mnemonic,
+            token=grant.token,
+        )
+        task = asyncio.ensure_future(self._retrying("release", run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def renew(
+        self, grants: list[Grant], owner: Owner, lease: float
+    ) -> list[Grant]:
+        async def run(connection: asyncpg.Connection, attempt: int) -> list[Grant]:
+            rows = await connection.fetch(
+                f"UPDATE fleetd_locks AS l SET expires = {NOW} + $5"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
+                " AS g(workflow, record, mnemonic, token)"
+                " WHERE l.workflow = g.workflow AND l.record = g.record"
+                " AND l.mnemonic = g.mnemonic AND l.token = g.token"
+                f" AND l.expires >= {NOW}"
+                " RETURNING l.workflow, l.record, l.mnemonic, l.token, l.expires",
+                [g.key.workflow for g in grants],
+                [g.key.record for g in grants],
+                [g.key.mnemonic for g in grants],
+                [g.token for g in grants],
+                lease,
+            )
+
+            return [Grant(LockKey(r[0], r[1], r[2]), r[3], r[4]) for r in rows]
+
+        return await self._retrying("renew", run)
+
+    async def resolve(
+        self,
+        grant: Grant,
+        resolution: Resolution,
+        *,
+        agent: str,
+        run_id: str,
+        reason: str | None,
+        mark: bool,
+        in_transaction: InTransaction | None = None,
+    ) -> None:
+        key = grant.key
+
+        async def run(connection: asyncpg.Connection, attempt: int) -> None:
+            async with connection.transaction():
+                row = await connection.fetchrow(
+                    f"SELECT {LOCK_COLUMNS}, {NOW} FROM fleetd_locks"
+                    f" WHERE {KEY_WHERE} FOR UPDATE",
+                    key.workflow,
+                    key.record,
+                    key.mnemonic,
+                )
+                if (
+                    row is None
+                    or row["token"] != grant.token
+                    or (row["expires"] < row[12])
+                ):
+                    if attempt > 1 and await _resolved_before(
+                        connection, grant.token, resolution
+                    ):
+                        return  # the attempt whose reply was lost committed
+                    raise LeaseLost(_lease_lost_message(grant, row))
+                if in_transaction is not None:
+                    await in_transaction(connection)
+                await _write_resolution(
+                    connection,
+                    lock_from_row(row),
+                    resolution,
+                    agent,
+                    run_id,
+                    reason,
+                    mark,
+                )
+
+        await await_detached(self._retrying("resolve", run), self._tasks)
+
+    async def validate(self, grant: Grant) -> None:
+        async def run(connection: asyncpg.Connection, attempt: int) -> None:
+            row = await connection.fetchrow(
+                f"SELECT {LOCK_COLUMNS}, {NOW} FROM fleetd_locks WHERE {KEY_WHERE}",
+                grant.key.workflow,
+                grant.key.record,
+                grant.key.mnemonic,
+            )
+            if row is None or row["token"] != grant.token or (row["expires"] < row[12]):
+                raise LeaseLost(_lease_lost_message(grant, row))
+
+        await self._retrying("validate", run)
+
+    async def abandoned(
+        self, host: str, alive: Callable[[Owner], bool]
+    ) -> list[LockInfo]:
+        async def run(connection: asyncpg.Connection, attempt: int) -> list[Any]:
+            return await connection.fetch(
+                f"SELECT {LOCK_COLUMNS}, expires < {NOW} AS expired"
+                f" FROM fleetd_locks WHERE expires < {NOW} OR owner_host = $1",
+                host,
+            )
+
+        found = []
+        for row in await self._retrying("abandoned", run):
+            lock = lock_from_row(row)
+            if row["expired"] or (lock.owner.host == host and not alive(lock.owner)):
+                found.append(lock)
+
+        return found
+
+    async def resolve_abandoned(self, lock: LockInfo, reason: str) -> bool:
+        key = lock.key
+
+        async def run(connection: asyncpg.Connection, attempt: int) -> bool:
+            async with connection.transaction():
+                # The token and expiry must be those seen when the lock was
+                # found abandoned: a renewal in between means its owner lives.
+                found = await connection.fetchval(
+                    f"SELECT 1 FROM fleetd_locks WHERE {KEY_WHERE}"
+                    " AND token = $4 AND expires = $5 FOR UPDATE",
+                    key.workflow,
+                    key.record,
+                    key.mnemonic,
+                    lock.token,
+                    lock.expires,
+                )
+                if found is None:
+                    # NOTE: after a lost acknowledgement this also claims a
+                    # recovery that another process made in between.
+                    return attempt > 1 and await _resolved_before(
+                        connection, lock.token, Resolution.ERROR
+                    )
+                await _write_resolution(
+                    connection,
+                    lock,
+                    Resolution.ERROR,
+                    lock.agent,
+                    lock.run_id,
+                    reason,
+                    True,
+                )
+
+                return True
+
+        return await await_detached(self._retrying("recover", run), self._tasks)
+
+    # Reports
+
+    async def locks(self) -> list[LockInfo]:
+        async def run(connection: asyncpg.Connection, attempt: int) -> list[Any]:
+            return await connection.fetch(
+                f"SELECT {LOCK_COLUMNS} FROM fleetd_locks ORDER BY since, token"
+            )
+
+        return [lock_from_row(row) for row in await self._retrying("locks", run)]
+
+    async def marks(self, *, errors_only: bool = False) -> list[Mark]:
+        where = " WHERE resolution = 'error'" if errors_only else ""
+
+        async def run(connection: asyncpg.Connection, attempt: int) -> list[Any]:
+            return await connection.fetch(
+                f"SELECT {MARK_COLUMNS} FROM fleetd_marks{where} ORDER BY at"
+            )
+
+        return [_mark_from_row(row) for row in await self._retrying("marks", run)]
+
+    async def history(
+        self, record: str, workflow: str | None = None
+    ) -> list[HistoryEntry]:
+        async def run(connection: asyncpg.Connection, attempt: int) -> list[Any]:
+            return await connection.fetch(
+                f"SELECT {HISTORY_COLUMNS} FROM fleetd_history WHERE record = $1"
+                " AND ($2::text IS NULL OR workflow = $2)"
+                " ORDER BY at DESC, id DESC",
+                record,
+                workflow,
+            )
+
+        rows = await self._retrying("history", run)
+
+        return [_history_from_row(row) for row in rows]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async def run(connection: asyncpg.Connection, attempt: int) -> list[Any]:
+            return await connection.fetch(
+                "SELECT agent, resolution, count(*) FROM fleetd_history"
+                " GROUP BY agent, resolution"
+            )
+
+        counts: dict[str, dict[str, int]] = {}
+        for agent, resolution, count in await self._retrying("counts", run):
+            counts.setdefault(agent, {})[resolution] = count
+
+        return counts
+
+    async def retry(self, mnemonic: str, records: list[str]) -> int:
+        async def run(connection: asyncpg.Connection, attempt: int) -> int:
+            return await connection.fetchval(
+                "WITH cleared AS (DELETE FROM fleetd_marks WHERE mnemonic = $1"
+                " AND record = ANY($2::text[]) RETURNING 1)"
+                " SELECT count(*) FROM cleared",
+                mnemonic,
+                records,
+            )
+
+        return await self._retrying("retry", run)
+
+
+async def _resolved_before(
+    connection: asyncpg.Connection, token: int, resolution: Resolution
+) -> bool:
+    found = await connection.fetchval(
+        "SELECT 1 FROM fleetd_history WHERE token = $1 AND resolution = $2",
+        token,
+        resolution.value,
+    )
+
+    return found is not None
+
+
+async def _write_resolution(
+    connection: asyncpg.Connection,
+    lock: LockInfo,
+    resolution: Resolution,
+    agent: str,
+    run_id: str,
+    reason: str | None,
+    mark: bool,
+) -> None:
+    key = (lock.key.workflow, lock.key.record, lock.key.mnemonic)
+    await connection.execute(f"DELETE FROM fleetd_locks WHERE {KEY_WHERE}", *key)
+    if mark:
+        await connection.execute(
+            f"INSERT INTO fleetd_marks ({MARK_COLUMNS})"
+            f" VALUES ($1, $2, $3, $4, $5, $6, {NOW})"
+            " ON CONFLICT (workflow, record, mnemonic) DO UPDATE SET"
+            " agent = excluded.agent, resolution = excluded.resolution,"
+            " reason = excluded.reason, at = excluded.at",
+            *key,
+            agent,
+            resolution.value,
+            reason,
+        )
+    await connection.execute(
+        f"INSERT INTO fleetd_history ({HISTORY_COLUMNS}, token)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW}, $10)",
+        *key,
+        agent,
+        resolution.value,
+        reason,
+        run_id,
+        str(lock.owner),
+        lock.since,
+        lock.token,
+    )
+
+
+def _lease_lost_message(grant: Grant, row: Any) -> str:
+    record = f"{grant.key.workflow}/{grant.key.record}/{grant.key.mnemonic}"
+    if row is None:
+        return f"lock on {record} is no longer held (token {grant.token})"
+    if row["token"] != grant.token:
+        return f"lock on {record} has token {row['token']}, not {grant.token}"
+
+    return f"lease on {record} expired {row[12] - row['expires']:.1f} s ago"
+
+
+def _mark_from_row(row: Any) -> Mark:
+    workflow, record, mnemonic, agent, resolution, reason, at = tuple(row)
+
+    return Mark(
+        LockKey(workflow, record, mnemonic), agent, Resolution(resolution), reason, at
+    )
+
+
+def _history_from_row(row: Any) -> HistoryEntry:
+    (
+        workflow,
+        record,
+        mnemonic,
+        agent,
+        resolution,
+        reason,
+        run_id,
+        owner,
+        started,
+        at,
+    ) = tuple(row)
+
+    return HistoryEntry(
+        LockKey(workflow, record, mnemonic),
+        agent,
+        Resolution(resolution),
+        reason,
+        run_id,
+        owner,
+        started,
+        at,
+    )
