@@ -64,7 +64,14 @@ def perl_sprintf(template: Value, *args: Value) -> str:
             value = values[index] if 0 <= index < len(values) else None
         else:
             value = next_arg()
-        out.append(_format_one(conv, flags, width, precision, value))
+        if (width or 0) > MAX_FIELD or (precision or 0) > MAX_FIELD:
+            raise ValueError(f"sprintf field width or precision must be <= {MAX_FIELD}")
+        try:
+            out.append(_format_one(conv, flags, width, precision, value))
+        except OverflowError as error:
+            raise ValueError(
+                f"sprintf cannot format {render(value)!r}: {error}"
+            ) from None
     out.append(text[last:])
     return "".join(out)
 
@@ -79,7 +86,9 @@ def _format_one(
             text = text[:precision]
         return ("%" + spec.replace("0", "") + "s") % text if spec else text
     if conv == "c":
-        return ("%" + spec.replace("0", "") + "s") % chr(to_integer(value))
+        code = to_integer(value)
+        char = chr(code) if 0 <= code <= 0x10FFFF else "\ufffd"
+        return ("%" + spec.replace("0", "") + "s") % char
     number = to_number(value)
     if conv in "fFeEgG":
         if isinstance(number, float) and (math.isinf(number) or math.isnan(number)):
@@ -125,6 +134,10 @@ def _format_one(
     return body
 
 
+# Upper bound on a field width, precision or pack count, so that a typo such
+# as %99999999999d fails instead of exhausting memory.
+MAX_FIELD = 1_000_000
+
 _PACK_RE = re.compile(r"([aAZHhCcnNvVUw])(\*|\d+)?")
 _INTEGER_FORMATS = {"C": ">B", "c": ">b", "n": ">H", "N": ">I", "v": "<H", "V": "<I"}
 
@@ -136,6 +149,9 @@ def _pack_items(template: str) -> list[tuple[str, str | None]]:
     for match in _PACK_RE.finditer(compact):
         if match.start() != position:
             raise ValueError(f"unsupported pack template {template!r}")
+        count = match.group(2)
+        if count not in (None, "*") and int(count) > MAX_FIELD:
+            raise ValueError(f"pack count must be <= {MAX_FIELD}")
         items.append((match.group(1), match.group(2)))
         position = match.end()
     if position != len(compact):

@@ -8,6 +8,7 @@ hang fails the test.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 from fleetd.lang import Agent, AgentError, Registry, Scope, evaluate, parse_agent
 from fleetd.lang.ast import Assign, Condition
+from fleetd.lang.perlformat import perl_sprintf
+from fleetd.lang.perlre import PatternError, compile_perl
 
 PATH = "fuzz.agent"
 KEYWORDS = [
@@ -107,8 +110,9 @@ def mutated_agent(draw: st.DrawFn) -> str:
     return text
 
 
+# FLEETD_FUZZ_EXAMPLES raises the number of examples for a longer search.
 FUZZ_SETTINGS = settings(
-    max_examples=300,
+    max_examples=int(os.environ.get("FLEETD_FUZZ_EXAMPLES", "300")),
     deadline=timedelta(seconds=2),
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -144,3 +148,32 @@ def test_mutated_agents_parse_or_fail_cleanly(text: str) -> None:
 
 def test_sample_parses() -> None:
     assert check_parse(SAMPLE) is not None
+
+
+@FUZZ_SETTINGS
+@given(
+    st.text(alphabet="\\/()[]{}<>?*+|^$.:=!#'\"aAzZ09-_ kQEhGR\n", max_size=40),
+    st.text("imsxqg", max_size=3),
+)
+def test_regex_translation_fails_cleanly(pattern: str, flags: str) -> None:
+    try:
+        compile_perl(pattern, flags)
+    except PatternError:
+        pass
+
+
+@FUZZ_SETTINGS
+@given(
+    st.text(alphabet="%-+ 0#*.$123456789sdifFeEgGxXobBcuv", max_size=20),
+    st.lists(
+        st.one_of(
+            st.none(), st.integers(-(10**6), 10**6), st.text(max_size=5), st.floats()
+        ),
+        max_size=4,
+    ),
+)
+def test_sprintf_fails_cleanly(template: str, args: list) -> None:
+    try:
+        perl_sprintf(template, *args)
+    except ValueError:
+        pass
