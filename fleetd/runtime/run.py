@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -296,8 +297,11 @@ async def _run(
         logger.info("record_done", reason=reason)
         return report(Outcome.DONE, reason=reason)
     except Locked as locked:
-        logger.info("record_locked", holder=str(locked))
-        return report(Outcome.LOCKED, reason=str(locked))
+        holder = locked.holder
+        since = datetime.fromtimestamp(holder.since, UTC)
+        reason = f"locked by {holder.owner} since {since:%Y-%m-%dT%H:%M:%SZ}"
+        logger.info("record_locked", holder=str(holder.owner), run=holder.run_id)
+        return report(Outcome.LOCKED, reason=reason)
     state.transaction = transaction
 
     # Check and Run, bounded by TIMEOUT and cancelled by shutdown.

@@ -65,6 +65,7 @@ async def test_record_locked_by_live_owner(fleet: Fleet) -> None:
     [report] = await fleet.cycle()
     assert report.outcome is Outcome.LOCKED
     assert report.reason is not None
+    assert report.reason.startswith(f"locked by {other} since 20")
     assert fleet.echoed == []
 
 
