@@ -76,9 +76,9 @@ def run_daemon(conf_dir: Path, *, log_target: str = "auto", verbosity: int = 0) 
     notifier = Notifier(notify_environment.get("NOTIFY_SOCKET"))
     period = watchdog_period(notify_environment)
 
-    # uvloop only when `daemon.loop` asks for it: starting 300 `/bin/true`
-    # one after the other took 0.55-0.8 s on the stdlib loop and 0.95-1.7 s
-    # on uvloop 0.23 (Python 3.11, 2 cores), and agents mostly start programs.
+    # uvloop only when `daemon.loop` asks for it: in the soak benchmark
+    # (scripts/soak.py, BENCHMARKS.md) the daemon used about 40% more CPU
+    # time per run on uvloop 0.23 than on the stdlib loop.
     backend_options: dict[str, Any] = {}
     if config.daemon.loop == "uvloop":
         backend_options["use_uvloop"] = True

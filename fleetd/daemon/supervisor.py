@@ -485,9 +485,12 @@ class Supervisor:
         # revived the slot before the check or finds it gone.
         if self._slots.get(slot.name) is slot:
             del self._slots[slot.name]
-        agent_log.info(
-            "agent_stopped", reason="stopping" if self._stopping.is_set() else "removed"
-        )
+        if self._stopping.is_set():
+            agent_log.debug("agent_stopped", reason="stopping")
+        elif slot.name in self._agents.agents:
+            agent_log.info("agent_stopped", reason="not scheduled")
+        else:
+            agent_log.info("agent_stopped", reason="removed")
 
     def _on_report(self, report: RunReport) -> None:
         # The Engine logs each run as it ends; the supervisor only counts.

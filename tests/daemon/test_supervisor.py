@@ -650,3 +650,33 @@ async def test_reload_warns_restart_settings(tmp_path: Path, log_stream) -> None
     assert "hunter2" not in log_stream.getvalue()
     # Other settings apply at once.
     assert engine.configs[-1].daemon.interval == 0.1
+
+
+async def test_reload_unscheduled_agent_stops(tmp_path: Path, log_stream) -> None:
+    config = make_config(tmp_path, interval=0.05)
+    engine = FakeEngine()
+    agents = agent_set(make_agent("A"))
+    source = FakeSource(config, agents)
+    supervisor = Supervisor(engine, source, config, agents, Notifier(None))
+    counts: list[int] = []
+
+    async def script() -> None:
+        await wait_for(lambda: len(engine.cycles) >= 1)
+        # A prerequisite that no longer holds: the agent stops.
+        source.agents = agent_set(make_agent("A", scheduled=False))
+        assert await supervisor.reload()
+        await wait_for(lambda: events(log_stream, "agent_stopped") != [])
+        counts.append(len(engine.cycles))
+        await anyio.sleep(0.3)
+        counts.append(len(engine.cycles))
+        # It holds again: the agent runs again.
+        source.agents = agent_set(make_agent("A"))
+        assert await supervisor.reload()
+        await wait_for(lambda: len(engine.cycles) > counts[1])
+        send_signal(signal.SIGTERM)
+
+    await run_supervisor(supervisor, script)
+    assert counts[0] == counts[1]
+    (stopped, *_) = events(log_stream, "agent_stopped")
+    assert stopped["reason"] == "not scheduled"
+    assert events(log_stream, "reload_finished")[0]["stopped"] == ["A"]
