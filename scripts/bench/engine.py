@@ -283,8 +283,9 @@ def measure(repeat: int, records: int, spawns: int) -> dict[str, Any]:
     for _ in range(repeat):
         add("engine_inprocess", anyio.run(engine_rate, IN_PROCESS_AGENT, records, 64))
         add("sqlite_floor", sqlite_floor_rate(records))
-        add("engine_exec_c8", anyio.run(engine_rate, EXEC_AGENT, spawns, 8))
         for concurrency in (1, 8):
+            if concurrency == 8:
+                add("engine_exec_c8", anyio.run(engine_rate, EXEC_AGENT, spawns, 8))
             add(
                 f"exec_c{concurrency}",
                 on_loop("asyncio", run_program_rate, spawns, concurrency),
@@ -305,16 +306,29 @@ def measure(repeat: int, records: int, spawns: int) -> dict[str, Any]:
             **results[best],
             "loop": best.rsplit("_", 1)[1],
         }
-    ratios = {
-        "engine_inprocess / sqlite_floor": results["engine_inprocess"]["median"]
-        / results["sqlite_floor"]["median"],
-        "engine_exec_c8 / subprocess_floor_c8": results["engine_exec_c8"]["median"]
-        / results["subprocess_floor_c8"]["median"],
-        "exec_c1 / subprocess_floor_c1": results["exec_c1"]["median"]
-        / results["subprocess_floor_c1"]["median"],
-        "exec_c8 / subprocess_floor_c8": results["exec_c8"]["median"]
-        / results["subprocess_floor_c8"]["median"],
+    # Ratios of the medians, and the median of each round's own ratio: the
+    # second cancels most of the noise that other load on the machine adds.
+    pairs = {
+        "engine_inprocess / sqlite_floor": ("engine_inprocess", "sqlite_floor"),
+        "engine_exec_c8 / subprocess_floor_c8": (
+            "engine_exec_c8",
+            "subprocess_floor_c8",
+        ),
+        "exec_c1 / subprocess_floor_c1": ("exec_c1", "subprocess_floor_c1"),
+        "exec_c8 / subprocess_floor_c8": ("exec_c8", "subprocess_floor_c8"),
     }
+    ratios = {}
+    for label, (measured, floor) in pairs.items():
+        floor_samples = (
+            samples.get(floor) or samples[f"{floor}_{results[floor]['loop']}"]
+        )
+        per_round = [
+            value / base for value, base in zip(samples[measured], floor_samples)
+        ]
+        ratios[label] = {
+            "of_medians": results[measured]["median"] / results[floor]["median"],
+            **{f"paired_{k}": v for k, v in summarize(per_round).items()},
+        }
 
     return {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -334,8 +348,12 @@ def print_table(data: dict[str, Any]) -> None:
             f"{name + loop:40} {values['median']:10.0f} {values['min']:10.0f}"
             f" {values['max']:10.0f}"
         )
+    print(f"{'ratio':40} {'medians':>10} {'paired':>10} {'min':>6} {'max':>6}")
     for name, ratio in data["ratios"].items():
-        print(f"{name:40} {ratio:10.2f}")
+        print(
+            f"{name:40} {ratio['of_medians']:10.2f} {ratio['paired_median']:10.2f}"
+            f" {ratio['paired_min']:6.2f} {ratio['paired_max']:6.2f}"
+        )
 
 
 def main() -> None:
