@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,17 @@ def test_prune_drops_removed_files(tmp_path: Path) -> None:
     assert len(cache) == 1
     cache.prune(set())
     assert len(cache) == 0
+
+
+def test_load_many_returns_agents_and_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.agent"
+    good.write_text(AGENT)
+    bad = tmp_path / "bad.agent"
+    bad.write_text("NAME only\n")
+    missing = tmp_path / "missing.agent"
+    cache = AgentCache()
+    results = cache.load_many([good, bad, missing])
+    assert results[str(good)].name == "A"  # type: ignore[union-attr]
+    assert isinstance(results[str(bad)], AgentError)
+    assert isinstance(results[str(missing)], FileNotFoundError)
+    assert gc.isenabled()
