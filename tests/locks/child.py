@@ -4,6 +4,9 @@ Usage: python child.py URL MODE [ARGS...]
 
   hold RECORD        take the lock on RECORD, print "locked", sleep
   commit RECORD      take the lock, commit, print "committed", sleep
+  update-crash RECORD  take the lock, commit with an UPDATE of table
+                     accounts in the resolution transaction, and die by
+                     SIGKILL after the UPDATE, before the commit
   race COUNT         print "ready", wait for a line on stdin, then
                      begin/commit every record 0..COUNT-1 and print how many
                      this process committed
@@ -12,7 +15,11 @@ Usage: python child.py URL MODE [ARGS...]
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import sys
+from typing import Any
 import uuid
 
 import structlog
@@ -47,6 +54,22 @@ async def main(url: str, mode: str, argument: str) -> None:
                 await transaction.commit()
                 print("committed", flush=True)
                 await asyncio.sleep(3600)
+            elif mode == "update-crash":
+                transaction = await locks.begin(
+                    LockKey(WORKFLOW, argument, MNEMONIC),
+                    agent="a",
+                    run_id=uuid.uuid4().hex,
+                    check_mark=True,
+                )
+
+                async def update_then_die(connection: Any) -> None:
+                    await connection.execute(
+                        "UPDATE accounts SET state = 'active' WHERE id = $1", argument
+                    )
+                    print("updated", flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                await transaction.commit(in_transaction=update_then_die)
             elif mode == "race":
                 # Start together: the test releases every child at once.
                 print("ready", flush=True)
@@ -88,5 +111,8 @@ async def race(locks: LockManager, count: int) -> int:
 
 if __name__ == "__main__":
     # Logs go to stderr: stdout carries the replies the test reads.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -5,6 +5,7 @@ import os
 import secrets
 import signal
 import subprocess
+import tempfile
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -83,11 +84,14 @@ class Child:
     """A child process running tests/locks/child.py."""
 
     def __init__(self, url: str, mode: str, argument: str) -> None:
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, str(CHILD), url, mode, argument],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: a child whose pipe is full would stall
+            # while the test waits for another child.
+            stderr=self.log,
             text=True,
             env={**os.environ, "PYTHONPATH": str(CHILD.parents[2])},
         )
@@ -97,8 +101,7 @@ class Child:
         line = self.process.stdout.readline().strip()
         if not line:
             self.process.wait(10)
-            assert self.process.stderr is not None
-            raise AssertionError(f"child ended: {self.process.stderr.read()}")
+            raise AssertionError(f"child ended: {self.errors()}")
         return line
 
     def release(self) -> None:
@@ -110,10 +113,17 @@ class Child:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
-    def finish(self, timeout: float = 100) -> str:
-        out, err = self.process.communicate(timeout=timeout)
+    def finish(self, timeout: float = 100) -> tuple[str, str]:
+        """Wait for the exit; return standard output and standard error."""
+        out, _ = self.process.communicate(timeout=timeout)
+        err = self.errors()
         assert self.process.returncode == 0, err
-        return out
+        return out, err
+
+    def errors(self) -> str:
+        """Return what the child wrote to standard error so far."""
+        self.log.seek(0)
+        return self.log.read()
 
 
 @pytest.fixture
