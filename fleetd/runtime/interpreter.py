@@ -191,6 +191,7 @@ def assign(command: Assign, scope: Scope, state: RunState) -> None:
         return
     value = evaluate_value(command.expr, scope, state)
     if command.target[0] == "this" and len(command.target) > 1:
+        old = scope.lookup(command.target) if state.pretend else None
         try:
             scope.assign(command.target, copy.deepcopy(value))
         except EvaluationError as error:
@@ -202,6 +203,7 @@ def assign(command: Assign, scope: Scope, state: RunState) -> None:
                 "pretend_set",
                 command=command_text(command),
                 field=field_name,
+                old=state.redact(render(old)),
                 value=state.redact(render(value)),
             )
         return

@@ -133,6 +133,7 @@ async def test_pretend_runs_nothing_and_writes_nothing(
     assert fleet.echoed == []
     [change] = [e for e in events if e["event"] == "pretend_set"]
     assert change["field"] == "status"
+    assert change["old"] == "approved"
     assert change["value"] == "done"
     [program] = [e for e in events if e["event"] == "pretend_exec"]
     assert program["argv"] == ["touch", f"{fleet.root}/touched-frank"]
