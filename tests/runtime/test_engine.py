@@ -11,6 +11,7 @@ from fleetd.lang import CommandSpec
 from fleetd.locks import LockKey, current_owner
 from fleetd.runtime import Engine, Outcome, PhaseResult
 from tests.runtime.conftest import Fleet
+from tests.runtime.helpers import wait_for_file
 
 PROVISION = """
     NAME     Provision
@@ -357,3 +358,29 @@ async def test_unscheduled_agent_runs_nothing(fleet: Fleet) -> None:
     )
     assert await fleet.cycle() == []
     assert fleet.echoed == []
+
+
+async def test_null_cycles_never_overlap(fleet: Fleet) -> None:
+    ready = fleet.root / "ready"
+    fleet.agent(
+        f"""
+        NAME     Host
+        MNEMONIC host
+        EXEC_COMMAND sh -c "echo 1 > {ready}; sleep 0.5"
+        """
+    )
+    agents = fleet.load()
+    loaded = agents.agents["Host"]
+    reports: list = []
+    async with fleet.engine() as first, fleet.engine() as second:
+
+        async def cycle(engine: Engine) -> None:
+            reports.extend(await engine.run_cycle(loaded))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(cycle, first)
+            await anyio.to_thread.run_sync(wait_for_file, ready)
+            await cycle(second)
+    outcomes = sorted(report.outcome.value for report in reports)
+    assert outcomes == ["committed", "locked"]
+    assert all(report.record is None for report in reports)
