@@ -12,6 +12,7 @@ comparison, `IN`, `NOT IN` or `MATCHES`. `AND` and `OR` group to the left.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from importlib import resources
@@ -216,13 +217,24 @@ _parser = Lark(
 )
 
 
+# A string token without its closing quote, as the free-text terminal reads it.
+_UNTERMINATED_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*\Z')
+
+
 def _describe(error: UnexpectedInput) -> str:
     if isinstance(error, UnexpectedToken):
         token = error.token
+        text = str(token)
         if token.type == "$END":
             found = "end of the line"
+        elif text.startswith('"') and _UNTERMINATED_STRING_RE.match(text):
+            return 'unterminated string: the closing " is missing'
+        elif text.startswith("/") and "REGEX" in error.expected:
+            return "unterminated regular expression: the closing / is missing"
         else:
-            found = repr(str(token))
+            # A free-text token can run to the end of the line; show its first word.
+            words = text.split()
+            found = repr(words[0][:40] if words else text)
         expected = sorted(
             _TERMINAL_NAMES.get(name, repr(name.strip("_")) if name.isupper() else name)
             for name in error.expected
@@ -230,6 +242,10 @@ def _describe(error: UnexpectedInput) -> str:
         shown = ", ".join(expected[:6]) + (", ..." if len(expected) > 6 else "")
         return f"unexpected {found}; expected {shown}"
     if isinstance(error, UnexpectedCharacters):
+        if error.char == '"':
+            return 'unterminated string: the closing " is missing'
+        if error.char == "/":
+            return "unterminated regular expression: the closing / is missing"
         return f"unexpected character {error.char!r}"
     if isinstance(error, UnexpectedEOF):
         return "unexpected end of the line"
@@ -393,7 +409,7 @@ def _parse_form(start: str, line: str, offset: int, file: str, line_number: int)
     except UnexpectedInput as error:
         column = getattr(error, "column", None) or offset + 1
         if isinstance(error, UnexpectedToken) and error.token.type == "$END":
-            column = len(text.rstrip()) + 1
+            column = max(len(text.rstrip()), offset) + 1
         raise ExpressionError(_describe(error), column) from None
     except VisitError as error:
         if isinstance(error.orig_exc, ExpressionError):

@@ -487,3 +487,19 @@ def test_unknown_names_suggest_close_ones() -> None:
         "t.agent:4:9: unknown function 'lenght'; did you mean 'length'?",
         "t.agent:5:9: unknown function 'qq'",
     ]
+
+
+def test_syntax_error_messages() -> None:
+    found = errors(
+        HEADER
+        + 'WHEN x = 1\nEND\nFOREACH x [1] DO\nEND\nCHECK x = "open\n'
+        + "REQUIRE x MATCHES /abc\nCALL\nCHECK x = @\n"
+    )
+    assert found == [
+        "t.agent:3:11: unexpected end of the line; expected 'DO'",
+        "t.agent:5:11: unexpected '[1]'; expected 'IN'",
+        't.agent:7:11: unterminated string: the closing " is missing',
+        "t.agent:8:19: unterminated regular expression: the closing / is missing",
+        "t.agent:9:5: unexpected end of the line; expected a name",
+        "t.agent:10:11: unexpected '@'; expected '(', '[', a name, a number, a string",
+    ]
