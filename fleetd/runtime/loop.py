@@ -1,4 +1,4 @@
-"""How the asyncio event loop learns that a program exited.
+"""The child watcher that tells the asyncio event loop a program exited.
 
 On Python 3.11 asyncio's default child watcher (`ThreadedChildWatcher`)
 starts one thread per program to wait for it. Starting that thread was
