@@ -192,6 +192,8 @@ async def start_record(
         outcome = await _run(
             agent, variables, record, workflow, settings, cancel_scope, run_id
         )
+        # The phase the run ended in, for the events `finish` logs.
+        context["phase"] = structlog.contextvars.get_contextvars().get("phase")
     if isinstance(outcome, RunReport):
         return PendingRun(context, started, report=outcome)
 

@@ -71,6 +71,9 @@ async def test_failing_requirement_function_is_unmet(
     [report] = await fleet.cycle()
     assert report.outcome is Outcome.SKIPPED
     assert report.reason == f"{path}:4: REQUIRE boom() = 1"
+    [finished] = [e for e in events if e["event"] == "run_finished"]
+    assert finished["phase"] == "requirements"
+    assert finished["record"] == "jo"
     [failure] = [e for e in events if e["event"] == "command_failed"]
     assert failure["agent"] == "Boom"
     assert failure["record"] == "jo"
@@ -508,6 +511,9 @@ async def test_run_events_carry_context(fleet: Fleet, events: list) -> None:
     assert output["record"] == "zed"
     assert output["phase"] == "run"
     assert output["run_id"] == report.run_id
+    finished = [e for e in events if e["event"] == "run_finished"]
+    assert [e["phase"] for e in finished] == ["resolution"]
+    assert finished[0]["run_id"] == report.run_id
     [logged] = [e for e in events if e["event"] == "agent_log"]
     assert logged["message"] == "said hello"
     assert logged["syslog_level"] == "notice"
