@@ -8,7 +8,10 @@ express, so a pattern fails at load rather than matching differently:
 - `\\z` becomes `\\Z`, and Perl's `\\Z` (end, or before a final newline)
   becomes `(?=\\n?\\Z)`;
 - `(?<name>...)` becomes `(?P<name>...)` and `\\k<name>` becomes `(?P=name)`;
-- `\\Q...\\E` quotes its text; `\\h`/`\\H` become `[ \\t]`/`[^ \\t]`;
+- `\\Q...\\E` quotes its text;
+- `\\h`, `\\H`, `\\v`, `\\V` and `\\R` (horizontal and vertical blanks, line
+  break) become character classes, since Python's `\\v` is only a vertical tab;
+- `\\x{263A}` becomes `\\U0000263a`;
 - POSIX classes such as `[[:alpha:]]` become ASCII ranges;
 - code blocks `(?{...})`, `\\G` and recursion `(?R)` are rejected.
 """
@@ -37,6 +40,32 @@ _POSIX_CLASSES = {
 }
 
 
+_HORIZONTAL = r" \t"
+_VERTICAL = r"\n\x0b\f\r\x85\u2028\u2029"
+# Escapes that Perl and Python read differently, outside character classes.
+_ESCAPES = {
+    "h": f"[{_HORIZONTAL}]",
+    "H": f"[^{_HORIZONTAL}]",
+    "v": f"[{_VERTICAL}]",
+    "V": f"[^{_VERTICAL}]",
+    "R": f"(?:\\r\\n|[{_VERTICAL}])",
+}
+# The same inside a character class, where only the members can be listed.
+_CLASS_ESCAPES = {"h": _HORIZONTAL, "v": _VERTICAL}
+_BRACED_HEX_RE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+
+
+def _braced_hex(pattern: str, index: int) -> tuple[str, int] | None:
+    """Translate a `\\x{...}` escape at `index`; return it and where it ends."""
+    match = _BRACED_HEX_RE.match(pattern, index)
+    if match is None:
+        return None
+    code = int(match.group(1), 16)
+    if code > 0x10FFFF:
+        raise PatternError(f"character code {match.group(1)} is out of range")
+    return f"\\U{code:08x}", match.end()
+
+
 class PatternError(ValueError):
     """A Perl pattern that is malformed or that Python cannot express."""
 
@@ -57,7 +86,13 @@ def _translate_class(pattern: str, index: int, out: list[str]) -> int:
             out.append("]")
             return index + 1
         if char == "\\" and index + 1 < len(pattern):
-            out.append(pattern[index : index + 2])
+            braced = _braced_hex(pattern, index)
+            if braced is not None:
+                out.append(braced[0])
+                index = braced[1]
+                continue
+            escaped = pattern[index + 1]
+            out.append(_CLASS_ESCAPES.get(escaped, pattern[index : index + 2]))
             index += 2
             continue
         if pattern.startswith("[:", index):
@@ -98,10 +133,13 @@ def translate(pattern: str) -> str:
                 out.append(r"\Z")
             elif escaped == "Z":
                 out.append(r"(?=\n?\Z)")
-            elif escaped == "h":
-                out.append(r"[ \t]")
-            elif escaped == "H":
-                out.append(r"[^ \t]")
+            elif escaped in _ESCAPES:
+                out.append(_ESCAPES[escaped])
+            elif escaped == "x" and _braced_hex(pattern, index) is not None:
+                text, end = _braced_hex(pattern, index)  # type: ignore[misc]
+                out.append(text)
+                index = end
+                continue
             elif escaped == "G":
                 raise PatternError(r"\G is not supported")
             elif escaped == "Q":
