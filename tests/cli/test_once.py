@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from conftest import Site, fleetd_command
+from tests.cli.conftest import Site, fleetd_command
 
 FIELDS = {
     "agent", "mnemonic", "workflow", "record", "outcome", "run", "cleanup",

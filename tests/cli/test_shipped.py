@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import Site
+from tests.cli.conftest import Site
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 

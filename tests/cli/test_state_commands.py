@@ -8,7 +8,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import Site, fleetd_command
+from tests.cli.conftest import Site, fleetd_command
 
 import fleetd
 
