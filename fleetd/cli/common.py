@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetd.cli.exits import EXIT_USAGE
+from fleetd.cli.exits import EXIT_FAILURE, EXIT_USAGE
 
 if TYPE_CHECKING:
     from fleetd.config import Config
@@ -101,12 +101,31 @@ def format_table(header: list[str], rows: list[list[Any]], indent: str = "  ") -
     return "\n".join(lines)
 
 
-def run_async(config: Config | None, function: Any, *args: Any) -> Any:
-    """Run `function(*args)` on the event loop the configuration names."""
+def run_async(config: Config, function: Any, *args: Any) -> Any:
+    """Run `function(*args)` on the event loop the configuration names.
+
+    A state store that cannot be opened or read ends the command with
+    status 1 and a one-line error instead of a traceback.
+    """
+    import sqlite3
+
     import anyio
 
-    use_uvloop = config is not None and config.daemon.loop == "uvloop"
+    from fleetd.config import redact_url
+    from fleetd.locks import SchemaError
 
-    return anyio.run(
-        function, *args, backend="asyncio", backend_options={"use_uvloop": use_uvloop}
-    )
+    use_uvloop = config.daemon.loop == "uvloop"
+    try:
+        return anyio.run(
+            function,
+            *args,
+            backend="asyncio",
+            backend_options={"use_uvloop": use_uvloop},
+        )
+    except (OSError, sqlite3.Error, SchemaError) as failure:
+        error(
+            f"fleetd: state store {redact_url(config.daemon.state)} failed: "
+            f"{failure}; check the daemon.state setting and the folder's "
+            "permissions"
+        )
+        raise CommandFailed(EXIT_FAILURE) from None

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fleetd.cli.common import (
     CommandFailed,
@@ -47,6 +47,12 @@ PROGRESS_EVERY_S = 0.2
 
 
 def main(args: argparse.Namespace) -> int:
+    terminal = None
+    if not args.json and sys.stderr.isatty():
+        # Logs written while a progress line shows must clear it first, so
+        # standard error is wrapped before logging is configured.
+        terminal = ProgressTerminal(sys.stderr)
+        sys.stderr = terminal  # type: ignore[assignment]
     try:
         config = load(args)
         registry = load_registry(config)
@@ -70,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     for name in unknown:
         error(f"fleetd: no agent named {name!r} in {config.conf_dir}")
 
-    output = ReportOutput(as_json=args.json, pretend=args.pretend)
+    output = ReportOutput(as_json=args.json, terminal=terminal)
     run_async(config, run_cycles, config, registry, selected, output, args.pretend)
     output.finish()
     if errors or unknown:
@@ -163,19 +169,47 @@ async def watch_signals(engine: Engine, stopping: object, grace: float) -> None:
         engine.cancel_runs()
 
 
+class ProgressTerminal:
+    """Standard error on a terminal, with one progress line at the bottom.
+
+    Any other write first erases the progress line, so log lines never run
+    into it; the next report draws it again.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.visible = False
+
+    def show(self, text: str) -> None:
+        self.stream.write("\r\x1b[K" + text)
+        self.stream.flush()
+        self.visible = True
+
+    def clear(self) -> None:
+        if self.visible:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.visible = False
+
+    def write(self, text: str) -> int:
+        self.clear()
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 class ReportOutput:
     """Writes ECHO lines, reports (JSON lines or tables) and progress."""
 
-    def __init__(self, *, as_json: bool, pretend: bool) -> None:
+    def __init__(self, *, as_json: bool, terminal: ProgressTerminal | None) -> None:
         self.as_json = as_json
-        self.pretend = pretend
+        self.terminal = terminal
         self.failed = False
-        self.progress = not as_json and sys.stderr.isatty()
         self._reports: list[RunReport] = []
         self._agent: LoadedAgent | None = None
         self._started = 0.0
-        self._shown = 0.0
-        self._progress_visible = False
+        self._last_progress = 0.0
 
     def echo(self, line: str) -> None:
         self._clear_progress()
@@ -194,7 +228,7 @@ class ReportOutput:
         if self.as_json:
             sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
             sys.stdout.flush()
-        elif self.progress:
+        elif self.terminal is not None:
             self._show_progress()
 
     def end_agent(self) -> None:
@@ -219,25 +253,22 @@ class ReportOutput:
     def _show_progress(self) -> None:
         now = time.monotonic()
         if (
-            now - self._started < PROGRESS_AFTER_S
-            or now - self._shown < PROGRESS_EVERY_S
+            self.terminal is None
+            or now - self._started < PROGRESS_AFTER_S
+            or now - self._last_progress < PROGRESS_EVERY_S
         ):
             return
-        self._shown = now
+        self._last_progress = now
         name = self._agent.agent.name if self._agent else ""
         counts = outcome_counts(self._reports)
-        sys.stderr.write(
-            f"\r\x1b[K{name}: {len(self._reports)} records, {counts} "
+        self.terminal.show(
+            f"{name}: {len(self._reports)} records, {counts} "
             f"({now - self._started:.0f} s)"
         )
-        sys.stderr.flush()
-        self._progress_visible = True
 
     def _clear_progress(self) -> None:
-        if self._progress_visible:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-            self._progress_visible = False
+        if self.terminal is not None:
+            self.terminal.clear()
 
 
 def outcome_counts(reports: list[RunReport]) -> str:
