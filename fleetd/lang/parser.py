@@ -58,7 +58,7 @@ from fleetd.lang.reader import (
     leading_blanks,
     split_lines,
 )
-from fleetd.lang.registry import Registry, describe_arity
+from fleetd.lang.registry import Registry, arity_error
 from fleetd.lang.templates import template_from_text
 from fleetd.lang.tree import commands_of_phase, suggest_name
 
@@ -69,6 +69,7 @@ class _FileParser(LineReader):
     # -- the file ---------------------------------------------------------
 
     def parse(self) -> None:
+        """Read every line, then report unclosed blocks and missing header lines."""
         entries: list[tuple[int, str, int]] = []
         for number, line in enumerate(split_lines(self.text), start=1):
             if number == 1 and line.startswith("#!"):
@@ -85,7 +86,6 @@ class _FileParser(LineReader):
                 self.error(line.index("\0") + 1, "NUL character in the file")
                 continue
             self.parse_line(line, indent)
-        self.line_number = len(self.text.splitlines()) or 1
         for frame in reversed(self.stack[1:]):
             self.diagnostics.append(
                 Diagnostic(
@@ -99,6 +99,7 @@ class _FileParser(LineReader):
                 )
 
     def parse_line(self, line: str, indent: int) -> None:
+        """Dispatch a line to the handler of its keyword (`cmd_<keyword>`)."""
         match = KEYWORD_RE.match(line, indent)
         column = indent + 1
         if match is None:
@@ -400,16 +401,9 @@ class _FileParser(LineReader):
                 )
             )
             return
-        count = len(call.args)
-        if count < spec.min_args or (
-            spec.max_args is not None and count > spec.max_args
-        ):
-            arity = describe_arity(spec.min_args, spec.max_args)
-            self.diagnostics.append(
-                Diagnostic(
-                    call.loc, f"{call.name}() takes {arity} arguments, got {count}"
-                )
-            )
+        message = arity_error(call.name, spec, len(call.args))
+        if message is not None:
+            self.diagnostics.append(Diagnostic(call.loc, message))
             return
         self.add(
             CallCommand(

@@ -11,7 +11,7 @@ from fleetd.lang.ast import Command, Location, Phase, Template
 from fleetd.lang.errors import Diagnostic
 from fleetd.lang.expressions import ExpressionError, parse_form, parse_forms, relocate
 from fleetd.lang.keywords import FORM_OF_KEYWORD
-from fleetd.lang.registry import Registry, describe_arity
+from fleetd.lang.registry import Registry, arity_error
 from fleetd.lang.tree import function_calls, suggest_name
 from fleetd.lang.words import WordError, split_words
 
@@ -136,17 +136,9 @@ class LineReader:
                     )
                 )
                 continue
-            count = len(call.args)
-            if count < spec.min_args or (
-                spec.max_args is not None and count > spec.max_args
-            ):
-                arity = describe_arity(spec.min_args, spec.max_args)
-                noun = "argument" if arity == "1" else "arguments"
-                self.diagnostics.append(
-                    Diagnostic(
-                        call.loc, f"{call.name}() takes {arity} {noun}, got {count}"
-                    )
-                )
+            message = arity_error(call.name, spec, len(call.args))
+            if message is not None:
+                self.diagnostics.append(Diagnostic(call.loc, message))
 
     def words(self, text: str, column: int) -> tuple[Template, ...] | None:
         key = (text, column)

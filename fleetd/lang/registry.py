@@ -108,6 +108,15 @@ def describe_arity(min_args: int, max_args: int | None) -> str:
     return f"{min_args} to {max_args}"
 
 
+def arity_error(name: str, spec: FunctionSpec | CommandSpec, count: int) -> str | None:
+    """Return the message for a call of `spec` with `count` arguments, if wrong."""
+    if count >= spec.min_args and (spec.max_args is None or count <= spec.max_args):
+        return None
+    arity = describe_arity(spec.min_args, spec.max_args)
+    noun = "argument" if arity == "1" else "arguments"
+    return f"{name}() takes {arity} {noun}, got {count}"
+
+
 class Registry:
     """Functions and commands by name.
 
