@@ -5,8 +5,8 @@ A plugin is a Python module that exposes `FLEETD_FUNCTIONS` and/or
 are found two ways:
 
 - installed packages that declare entry points in the groups
-  `fleetd.functions` and `fleetd.commands`; each entry point names either
-  a spec, a sequence of specs, or a module with the attributes above;
+  `fleetd.functions` and `fleetd.commands`. Each entry point names a spec,
+  a sequence of specs, or a module with the attributes above.
 - `*.py` files in the daemon's `plugin_dirs`, loaded in lexical order.
 
 Example plugin file::
@@ -46,7 +46,7 @@ from fleetd.lang.values import Value
 class FunctionSpec:
     """A function callable in expressions, e.g. `lc(x)`.
 
-    `max_args` None accepts any number of arguments. `pure` tells that the
+    `max_args` None accepts any number of arguments. `pure` declares that the
     function has no side effects, so pretend mode may call it.
     """
 
@@ -76,7 +76,7 @@ class CommandSpec:
 
 
 class CommandContext(Protocol):
-    """What a plugin command receives as its first argument; the runtime implements it."""
+    """Context passed to a plugin command as its first argument; the runtime implements it."""
 
     agent: str
     mnemonic: str
@@ -120,7 +120,7 @@ def arity_error(name: str, spec: FunctionSpec | CommandSpec, count: int) -> str 
 class Registry:
     """Functions and commands by name.
 
-    `Registry.default()` holds the built-in functions; `load_plugins` adds
+    `Registry.default()` contains the built-in functions, and `load_plugins` adds
     plugins to a copy of it. A later definition of a name replaces an
     earlier one.
     """
