@@ -21,6 +21,7 @@ failing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -96,6 +97,11 @@ assert max(MIGRATIONS) == SCHEMA_VERSION
 #: run only from `fleetd db upgrade`, never automatically at start.
 OFFLINE_MIGRATIONS: frozenset[int] = frozenset()
 
+
+class ConnectionLost(ConnectionError):
+    """The connection closed under an operation; a retry may succeed."""
+
+
 # Errors after which the same operation may succeed: the connection went
 # away, the server is starting or stopping, or a transaction conflicted.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -107,7 +113,25 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # Raised when the pool resets a connection that the server cut in the
+    # middle of an operation; the pool then drops that connection.
+    asyncpg.exceptions._base.InternalClientError,
 )
+
+CLIENT_STATE_ERRORS = (
+    asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError,
+)
+
+#: Operations retried on a connection in a broken client state, at most.
+#: These retries are bounded, unlike those of an outage, because a bug in
+#: how a connection is used would otherwise repeat forever.
+MAX_BROKEN_CONNECTIONS = 20
+
+
+def _terminate(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        connection.terminate()
 
 
 def is_transient(error: BaseException) -> bool:
@@ -221,12 +245,24 @@ class PostgresStore:
         if self._pool is None:
             raise RuntimeError("the PostgreSQL state store is not open")
         attempt = 1
+        broken = 0
         while True:
             try:
                 async with self._pool.acquire() as connection:
-                    return await run(connection, attempt)
+                    try:
+                        return await run(connection, attempt)
+                    except CLIENT_STATE_ERRORS as error:
+                        # A cut connection can leave asyncpg's protocol state
+                        # broken ("the underlying connection is closed",
+                        # "another operation is in progress"): drop it.
+                        _terminate(connection)
+                        raise ConnectionLost(repr(error)) from error
             except Exception as error:
-                if not is_transient(error):
+                if isinstance(error, ConnectionLost):
+                    broken += 1
+                    if broken > MAX_BROKEN_CONNECTIONS:
+                        raise
+                elif not is_transient(error):
                     raise
                 await self._wait_retry(operation, attempt, error)
                 attempt += 1

@@ -19,8 +19,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
 import uuid
+from typing import Any
 
 import structlog
 

@@ -5,8 +5,8 @@ import os
 import secrets
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -84,7 +84,7 @@ class Child:
     """A child process running tests/locks/child.py."""
 
     def __init__(self, url: str, mode: str, argument: str) -> None:
-        self.log = tempfile.TemporaryFile("w+")
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed with the child
         self.process = subprocess.Popen(
             [sys.executable, str(CHILD), url, mode, argument],
             stdin=subprocess.PIPE,
