@@ -26,8 +26,8 @@ async def await_detached(
     """Await `awaitable` so that cancelling the caller does not stop it.
 
     A state store write that was started must end in the database, not
-    half-way: when the caller is cancelled the write goes on, and
-    `on_orphan` gets its result (a grant nobody will use, say) to undo it.
+    half-way. When the caller is cancelled the write goes on, and
+    `on_orphan` receives its result (an unused grant, say) to undo it.
     """
     future = asyncio.ensure_future(awaitable)
     keep.add(future)

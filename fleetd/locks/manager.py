@@ -1,7 +1,7 @@
 """The lock manager: transactions over a state store, with leases and fencing.
 
 A run takes its lock with `LockManager.begin`, which returns a
-`Transaction`. The transaction holds the staged `this.*` changes and the
+`Transaction`. The transaction contains the staged `this.*` changes and the
 hooks that commands register, and it ends in exactly one resolution:
 commit, rollback or commit with error. The resolution is written with the
 grant's fencing token; the store rejects it (`LeaseLost`) when the token is

@@ -3,8 +3,8 @@
 Claims are atomic under concurrency because the lock row's primary key
 decides them: `INSERT ... ON CONFLICT DO NOTHING` grants to exactly one
 claimant. The mark is read after the insert, in the same transaction,
-so a claim that raced a commit either waits for that commit and sees its
-mark, or sees no commit at all. Lease times come from the database clock
+so a claim that raced a commit either waits for that commit and reads its
+mark, or finds no commit at all. Lease times come from the database clock
 (`now()`), never from a host's clock. Tokens come from a sequence, so they
 only grow. A resolution locks the row (`FOR UPDATE`), checks the token and
 the expiry, runs `in_transaction` (a workflow's `UPDATE`) and writes the

@@ -13,10 +13,10 @@ the thread and returns an asyncio future that the thread completes with
 `call_soon_threadsafe` after the commit returned.
 
 Several processes may share one file. `BEGIN IMMEDIATE` takes the write
-lock up front, so a transaction never fails half-way on a lock upgrade;
-`busy_timeout` waits for another process's commit, and when SQLITE_BUSY,
-SQLITE_LOCKED or SQLITE_FULL persists the batch is rolled back and retried
-after a growing, jittered delay, each retry logged.
+lock up front, so a transaction never fails half-way on a lock upgrade.
+`busy_timeout` waits for another process's commit. When SQLITE_BUSY,
+SQLITE_LOCKED or SQLITE_FULL persists, the batch is rolled back and retried
+after a growing, jittered delay, and each retry is logged.
 """
 
 from __future__ import annotations
@@ -250,5 +250,5 @@ def _deliver(pending: _Pending, ok: bool, value: Any) -> None:
     try:
         pending.loop.call_soon_threadsafe(complete)
     except RuntimeError:
-        # The loop closed; nobody waits for this result any more.
+        # The event loop is closed, so no task awaits this result.
         pass

@@ -121,7 +121,7 @@ async def test_crash_after_update_writes_neither(
     child = spawn(pg_url, "update-crash", "alice")
     assert child.wait_line() == "updated"
     assert child.process.wait(10) == -signal.SIGKILL
-    # The server sees the connection close and rolls its transaction back.
+    # The server detects the closed connection and rolls its transaction back.
     for _ in range(100):
         busy = await accounts.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'"

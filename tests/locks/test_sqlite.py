@@ -148,7 +148,7 @@ async def test_busy_database_retried(tmp_path: Path) -> None:
 
 
 def test_full_disk_is_transient(tmp_path: Path) -> None:
-    # A page limit stands in for a full disk: SQLite reports SQLITE_FULL,
+    # A page limit simulates a full disk: SQLite reports SQLITE_FULL,
     # which the writer retries like SQLITE_BUSY (see the busy test above).
     connection = sqlite3.connect(tmp_path / "full.db", isolation_level=None)
     connection.execute("CREATE TABLE t (v TEXT)")
