@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from tests.cli.conftest import Site, fleetd_command
+from tests.cli.support import Site, fleetd_command
 
 FIELDS = {
     "agent", "mnemonic", "workflow", "record", "outcome", "run", "cleanup",

@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Site
+
+from tests.cli.support import Site
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 

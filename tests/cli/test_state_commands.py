@@ -8,9 +8,9 @@ import re
 import subprocess
 
 import pytest
-from tests.cli.conftest import Site, fleetd_command
 
 import fleetd
+from tests.cli.support import Site, fleetd_command
 
 BROKEN = """\
 NAME     Broken
