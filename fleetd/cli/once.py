@@ -138,7 +138,12 @@ async def run_cycles(
                 if stopping.is_set():
                     break
                 output.start_agent(loaded)
+                error_before = engine.statistics().last_error
                 await engine.run_cycle(loaded, on_report=output.report)
+                # The engine logs a cycle whose workflow could not be listed
+                # and records it as its last error; that fails `once` too.
+                if engine.statistics().last_error is not error_before:
+                    output.failed = True
                 output.end_agent()
             group.cancel_scope.cancel()
 

@@ -34,7 +34,8 @@ def _common_options(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest=f"verbose_{suffix}",
         action="count",
         default=0,
-        help="log one level more (repeat for more: info, then debug)",
+        help="log one syslog level more, e.g. info to debug (repeatable); run "
+        "and once start from daemon.log_level, other commands from warning",
     )
     parser.add_argument(
         "-q",
@@ -42,7 +43,7 @@ def _common_options(parser: argparse.ArgumentParser, suffix: str) -> None:
         dest=f"quiet_{suffix}",
         action="count",
         default=0,
-        help="log one level less (repeat for less)",
+        help="log one syslog level less, e.g. info to notice (repeatable)",
     )
     parser.add_argument(
         "--log-target",

@@ -1,0 +1,98 @@
+"""Each workflow kind driven end to end by `fleetd once`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+from tests.cli.support import Site
+
+AGENT = """\
+NAME     Activate
+MNEMONIC activate
+WORKFLOW {workflow}
+
+REQUIRE this.status = "approved"
+EXEC_COMMAND true
+SET this.status = "active"
+"""
+
+
+def test_sqlite_workflow_updates_rows(site: Site, reports) -> None:
+    database = site.root / "requests.db"
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY, status)")
+        connection.executemany(
+            "INSERT INTO requests VALUES (?, ?)",
+            [(1, "approved"), (2, "pending"), (3, "approved")],
+        )
+    connection.close()
+    site.write(
+        "10-db.toml",
+        '[workflows.db]\nkind = "sqlite"\npath = "../requests.db"\n'
+        'table = "requests"\nwhere = "id <> 3"\n',
+    )
+    site.write("activate.agent", AGENT.format(workflow="db"))
+    result = site.run("once", "--json")
+    assert result.returncode == 0, result.stderr
+    outcomes = {line["record"]: line["outcome"] for line in reports(result.stdout)}
+    assert outcomes == {"1": "committed", "2": "skipped"}
+    connection = sqlite3.connect(database)
+    rows = connection.execute("SELECT id, status FROM requests ORDER BY id").fetchall()
+    connection.close()
+    assert rows == [(1, "active"), (2, "pending"), (3, "approved")]
+
+
+def test_command_workflow_lists_and_updates(site: Site, reports) -> None:
+    updates = site.root / "updates.jsonl"
+    lister = site.root / "list.py"
+    lister.write_text(
+        "import json\n"
+        'print(json.dumps({"id": "a1", "status": "approved"}))\n'
+        'print(json.dumps({"id": "b2", "status": "pending"}))\n'
+    )
+    updater = site.root / "update.py"
+    updater.write_text(
+        "import sys\n"
+        f"with open({str(updates)!r}, 'a') as out:\n"
+        "    out.write(sys.stdin.read())\n"
+    )
+    site.write(
+        "10-cmd.toml",
+        f'[workflows.tickets]\nkind = "command"\n'
+        f'list_command = ["{sys.executable}", "{lister}"]\n'
+        f'update_command = ["{sys.executable}", "{updater}"]\n'
+        'timeout = "20s"\n',
+    )
+    site.write("activate.agent", AGENT.format(workflow="tickets"))
+    result = site.run("once", "--json")
+    assert result.returncode == 0, result.stderr
+    outcomes = {line["record"]: line["outcome"] for line in reports(result.stdout)}
+    assert outcomes == {"a1": "committed", "b2": "skipped"}
+    assert [json.loads(line) for line in updates.read_text().splitlines()] == [
+        {"id": "a1", "status": "active"}
+    ]
+
+
+def test_spool_workflow_writes_file(site: Site, reports) -> None:
+    site.request("r1", status="approved", note="keep me")
+    site.write("activate.agent", AGENT.format(workflow="requests"))
+    result = site.run("once", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((site.spool / "r1.json").read_text()) == {
+        "status": "active",
+        "note": "keep me",
+    }
+    assert sorted(path.name for path in site.spool.iterdir()) == ["r1.json"]
+
+
+def test_missing_spool_folder_fails_cycle(site: Site) -> None:
+    site.write("activate.agent", AGENT.format(workflow="requests"))
+    site.spool.rmdir()
+    result = site.run("once", "--json")
+    assert result.returncode == 1
+    assert "cycle_failed" in result.stderr
+    assert str(Path(site.spool)) in result.stderr
