@@ -217,3 +217,61 @@ def test_sigterm_cancels_run_and_cleanup_runs(site: Site, reports) -> None:
     assert line["run"] == "failed"
     assert line["cleanup"] == "succeeded"
     assert "cleanup-ran" in stdout
+
+
+def start_once(site: Site) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        fleetd_command() + ["--conf-dir", str(site.conf_dir), "once", "--json"],
+        cwd=site.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def wait_for(path, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_sigterm_lets_run_finish_within_grace(site: Site, reports) -> None:
+    site.write("90-grace.toml", '[daemon]\nshutdown_grace = "60s"\n')
+    site.write(
+        "a.agent",
+        "NAME First\nMNEMONIC first\nEXEC_COMMAND touch @ROOT@/started\n"
+        "EXEC_COMMAND sleep 1\n",
+    )
+    site.write("b.agent", "NAME Second\nMNEMONIC second\nECHO second-ran\n")
+    process = start_once(site)
+    wait_for(site.root / "started")
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    [line] = reports(stdout)
+    assert line["agent"] == "First"
+    assert line["outcome"] == "committed"
+    assert "second-ran" not in stdout  # no new run starts after the signal
+
+
+def test_second_signal_skips_grace(site: Site, reports) -> None:
+    site.write("90-grace.toml", '[daemon]\nshutdown_grace = "10m"\n')
+    site.write(
+        "slow.agent",
+        "NAME Slow\nMNEMONIC slow\nEXEC_COMMAND touch @ROOT@/started\n"
+        "EXEC_COMMAND sleep 30.75\nON_FAILURE\n  ECHO cleanup-ran\nEND\n",
+    )
+    process = start_once(site)
+    wait_for(site.root / "started")
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=25)
+    assert process.returncode == 0, stderr
+    [line] = reports(stdout)
+    assert line["outcome"] == "rolled_back"
+    assert line["run"] == "failed"
+    assert "cleanup-ran" in stdout
