@@ -5,10 +5,10 @@ one invocation is deterministic: each agent lists its records after the
 commits of the agents before it. Inside an agent's cycle the Engine runs records concurrently
 (the agent's CONCURRENCY, `max_concurrency` overall).
 
-SIGTERM and SIGINT are handled as the daemon handles them: no new run
-starts; runs in flight get `shutdown_grace`, then their Run is cancelled
-while Cleanup and the resolution still happen; a second signal skips the
-grace. The exit status then follows the outcomes.
+SIGTERM and SIGINT are handled as the daemon handles them. No new run
+starts, and runs in flight get `shutdown_grace` to finish. After that their
+Run is cancelled, while Cleanup and the resolution still happen. A second
+signal skips the grace. The exit status then follows the outcomes.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 # Records listed per outcome in the table; the rest are counted.
 TABLE_RECORDS = 6
 # Outcomes whose records get a line with their reason under the table.
-EXPLAINED_OUTCOMES = ("error", "invalid", "rolled_back", "locked")
+EXPLAINED_OUTCOMES = ("error", "invalid", "rolled_back", "locked", "pretend")
 PROGRESS_AFTER_S = 1.0
 PROGRESS_EVERY_S = 0.2
 
@@ -277,7 +277,7 @@ class ReportOutput:
 
 
 def outcome_counts(reports: list[RunReport]) -> str:
-    """Summarize outcomes as "2 committed, 1 skipped", in a fixed order."""
+    """Summarize outcomes as "2 committed, 1 skipped", in the order first seen."""
     counts: dict[str, int] = {}
     for report in reports:
         counts[report.outcome.value] = counts.get(report.outcome.value, 0) + 1
@@ -292,8 +292,9 @@ def agent_table(
 ) -> str:
     """Format the short table `once` prints after each agent's cycle.
 
-    One row per outcome with its count and first records, then the reason
-    of each record that failed, was rolled back or is pretend.
+    One row per outcome with its count and first records, then one line
+    for each record that ended in error, invalid, rolled back, locked or
+    pretend, with its reason.
     """
     text = f"{name} (mnemonic {mnemonic}, workflow {workflow}): "
     text += f"{len(reports)} records in {seconds:.1f} s\n"
