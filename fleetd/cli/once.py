@@ -34,6 +34,8 @@ from fleetd.cli.common import (
 from fleetd.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
+    import anyio
+
     from fleetd.config import Config
     from fleetd.lang import Registry
     from fleetd.runtime import AgentSet, Engine, LoadedAgent, RunReport
@@ -75,6 +77,10 @@ def main(args: argparse.Namespace) -> int:
     selected, unknown = select_agents(agent_set, args.agents, args.files)
     for name in unknown:
         error(f"fleetd: no agent named {name!r} in {config.conf_dir}")
+    for name in args.agents:
+        loaded = agent_set.agents.get(name)
+        if loaded is not None and not loaded.scheduled:
+            error(f"fleetd: agent {name} is not scheduled: {loaded.reason}")
 
     output = ReportOutput(as_json=args.json, terminal=terminal)
     run_async(config, run_cycles, config, registry, selected, output, args.pretend)
@@ -148,7 +154,7 @@ async def run_cycles(
             group.cancel_scope.cancel()
 
 
-async def watch_signals(engine: Engine, stopping: object, grace: float) -> None:
+async def watch_signals(engine: Engine, stopping: anyio.Event, grace: float) -> None:
     """Stop starting runs on the first signal; cancel runs after the grace."""
     import anyio
     import structlog
@@ -161,7 +167,7 @@ async def watch_signals(engine: Engine, stopping: object, grace: float) -> None:
                 signal=signal.Signals(number).name,
                 grace_s=grace,
             )
-            stopping.set()  # type: ignore[attr-defined]
+            stopping.set()
             engine.stop_starting()
             break
         with anyio.move_on_after(grace):

@@ -275,3 +275,14 @@ def test_second_signal_skips_grace(site: Site, reports) -> None:
     assert line["outcome"] == "rolled_back"
     assert line["run"] == "failed"
     assert "cleanup-ran" in stdout
+
+
+def test_named_unscheduled_agent_says_why(site: Site, reports) -> None:
+    site.write(
+        "w.agent", 'NAME Win\nMNEMONIC win\nPREREQUISITE OS() = "MSWin32"\nECHO x\n'
+    )
+    result = site.run("once", "--json", "-a", "Win")
+    assert result.returncode == 0
+    assert reports(result.stdout) == []
+    assert "agent Win is not scheduled: " in result.stderr
+    assert 'PREREQUISITE OS() = "MSWin32"' in result.stderr
