@@ -105,6 +105,9 @@ def evaluate(expr: Expr, scope: Scope, registry: Registry) -> Value:
         return TRUE if found != expr.negated else FALSE
     if isinstance(expr, Match):
         subject = render(evaluate(expr.subject, scope, registry))
+        # NOTE: Python's re cannot be interrupted, so a pattern that
+        # backtracks catastrophically on a record value blocks this thread
+        # until it finishes; the agent's TIMEOUT does not stop it.
         match = expr.pattern.search(subject)
         if match is None:
             return FALSE
