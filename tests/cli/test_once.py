@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
+
+import pytest
 
 from tests.cli.support import Site, fleetd_command
 
@@ -286,3 +289,24 @@ def test_named_unscheduled_agent_says_why(site: Site, reports) -> None:
     assert reports(result.stdout) == []
     assert "agent Win is not scheduled: " in result.stderr
     assert 'PREREQUISITE OS() = "MSWin32"' in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_rejects_writable_agent_file(site: Site, reports) -> None:
+    bad = site.write("bad.agent", "NAME Bad\nMNEMONIC bad\nECHO bad-ran\n")
+    bad.chmod(0o666)
+    site.write("good.agent", "NAME Good\nMNEMONIC good\nECHO good-ran\n")
+    result = site.run("once", "--json")
+    assert result.returncode == 2
+    assert f"{bad}: group- or world-writable (mode 0666)" in result.stderr
+    assert "good-ran" in result.stdout
+    assert "bad-ran" not in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_rejects_foreign_toml_file(site: Site) -> None:
+    path = site.write("50-x.toml", "[globals]\nx = 1\n")
+    os.chown(path, 4242, 4242)
+    result = site.run("once")
+    assert result.returncode == 2
+    assert f"{path}: owned by uid 4242, expected root" in result.stderr
