@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,7 +167,10 @@ END
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="fleetd-soak-") as folder:
+    folder = tempfile.mkdtemp(prefix="fleetd-soak-")
+    if args.keep:
+        print(f"folder kept: {folder}", flush=True)
+    try:
         soak = Soak(Path(folder), args.agents, args.loop)
         soak.write_config()
         soak.start()
@@ -240,9 +244,17 @@ def run(args: argparse.Namespace) -> int:
             "rss_kib_start": first.rss_kib,
             "rss_kib_end": final.rss_kib,
             "rss_kib_max": max(s.rss_kib for s in soak.samples),
+            # A sample taken while programs start counts their pipes too,
+            # so the lowest count of the first and last minute is the baseline.
             "fds_start": first.fds,
             "fds_end": final.fds,
             "fds_max": max(s.fds for s in soak.samples),
+            "fds_min_first_minute": min(
+                s.fds for s in soak.samples if s.at <= first.at + 60
+            ),
+            "fds_min_last_minute": min(
+                s.fds for s in soak.samples if s.at >= final.at - 60
+            ),
             "cpu_s_per_1000_runs": round(
                 1000
                 * (final.cpu_s - first.cpu_s)
@@ -260,6 +272,9 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(error)[:300], file=sys.stderr)
         ok = status == 0 and not errors and applied > 0
         return 0 if ok else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> int:
@@ -275,6 +290,8 @@ def main() -> int:
                         help="seconds before the first sample (default 20)")  # fmt: skip
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
                         help="daemon.loop setting (default asyncio)")  # fmt: skip
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the folder (conf.d, state.db, logs) for inspection")  # fmt: skip
     return run(parser.parse_args())
 
 

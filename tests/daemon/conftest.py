@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import logging
 import os
 import socket
 import struct
@@ -87,8 +88,12 @@ def listener(tmp_path: Path) -> Iterator[DatagramListener]:
 
 @pytest.fixture(autouse=True)
 def reset_structlog() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
     structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
