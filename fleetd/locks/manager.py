@@ -161,10 +161,11 @@ class Transaction:
         try:
             if self.lost:
                 raise LeaseLost(f"lease on {self.key.record!r} was lost")
-            if resolution is not Resolution.ROLLBACK:
+            if resolution is not Resolution.ROLLBACK and self.staged and apply:
+                # Check the token before the changes reach the workflow; the
+                # store checks it again when it writes the resolution.
                 await store.validate(self.grant)
-                if self.staged and apply is not None:
-                    reason = await self._apply(resolution, apply, reason)
+                reason = await self._apply(resolution, apply, reason)
             await store.resolve(
                 self.grant,
                 resolution,

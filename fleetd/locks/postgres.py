@@ -217,8 +217,9 @@ class PostgresStore:
                 await self._wait_retry("open", attempt, error)
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A detached task may start another (an orphaned grant's release).
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

@@ -133,15 +133,25 @@ class SQLiteStore:
             raise
 
     async def close(self) -> None:
-        # Stopping the writer commits what is queued and completes every
-        # future, so the detached operations are done after it.
+        # Detached writes (a resolution whose caller was cancelled, the
+        # release of an orphaned grant) get a bounded wait first, because a
+        # batch that retries a busy database may never finish. Stopping the
+        # writer then fails what is left.
+        await self._drain(self.busy_timeout + 1.0)
         await self._writer.stop()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drain(None)
         if self._reader is not None:
             reader, self._reader = self._reader, None
             await asyncio.get_running_loop().run_in_executor(reader, self._close_reader)
             reader.shutdown(wait=True)
+
+    async def _drain(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._tasks:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            await asyncio.wait(set(self._tasks), timeout=remaining)
 
     def statistics(self) -> Any:
         return self._writer.statistics()

@@ -18,6 +18,7 @@ from fleetd.locks import (
     Resolution,
     StateStore,
     current_owner,
+    open_store,
 )
 
 KEY = LockKey("accounts", "alice", "mk")
@@ -336,9 +337,12 @@ async def test_cancelled_begin_leaves_no_lock(store: StateStore) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(50):
-        if not await store.locks():
-            break
-        await asyncio.sleep(0.02)
-    assert await store.locks() == []
-    assert await store.history("alice") == []
+    # Closing waits for the detached acquire and for the release of its grant.
+    await store.close()
+    reopened = open_store(store.url)
+    await reopened.open()
+    try:
+        assert await reopened.locks() == []
+        assert await reopened.history("alice") == []
+    finally:
+        await reopened.close()
