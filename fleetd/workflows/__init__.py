@@ -2,7 +2,8 @@
 
 `open_workflow` builds the workflow of one `[workflows.NAME]` table; the
 kind-specific modules are imported only when a workflow of their kind is
-opened.
+opened. The `postgresql` kind lives in `fleetd.workflows.postgresql`, which
+provides `open_postgresql_workflow(settings) -> Workflow`.
 """
 
 from __future__ import annotations
