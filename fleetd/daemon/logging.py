@@ -264,7 +264,7 @@ class JournaldRenderer:
     also its own upper-case field. Keys that are not valid journal field
     names are rewritten (`-` and other characters become `_`, a leading
     digit or underscore gets a `F` in front), and keys that would collide
-    with the fields set here get an `FLEETD_` prefix. Values of None are
+    with the fields set here get a `FLEETD_` prefix. Values of None are
     left out; dicts and lists are sent as JSON.
 
     Args:
