@@ -10,9 +10,6 @@ from fleetd.locks.base import Grant, LockInfo, LockKey, Owner
 
 T = TypeVar("T")
 
-#: Version of the schema this fleetd writes, in both stores.
-SCHEMA_VERSION = 1
-
 
 class SchemaError(Exception):
     """The database schema cannot be used by this version of fleetd."""

@@ -46,7 +46,6 @@ from fleetd.locks.common import (
     HISTORY_COLUMNS,
     LOCK_COLUMNS,
     MARK_COLUMNS,
-    SCHEMA_VERSION,
     SchemaError,
     await_detached,
     grant_of,
@@ -90,8 +89,101 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX fleetd_history_by_record ON fleetd_history (record, workflow)",
         "CREATE INDEX fleetd_history_by_token ON fleetd_history (token)",
     ),
+    # Claims and resolutions as functions: one round trip each instead of
+    # one per statement. Every statement of a volatile PL/pgSQL function
+    # takes a new snapshot, which the second mark check below relies on.
+    2: (
+        """CREATE OR REPLACE FUNCTION fleetd_acquire(
+            p_workflow text, p_record text, p_mnemonic text, p_agent text,
+            p_host text, p_pid integer, p_started bigint, p_instance text,
+            p_lease float8, p_run_id text, p_check_mark boolean)
+        RETURNS TABLE (r_outcome text, r_token bigint, r_expires float8)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_now float8 := extract(epoch from now());
+        BEGIN
+            IF p_check_mark AND EXISTS (SELECT 1 FROM fleetd_marks m
+                    WHERE m.workflow = p_workflow AND m.record = p_record
+                    AND m.mnemonic = p_mnemonic) THEN
+                r_outcome := 'done';
+                RETURN NEXT;
+                RETURN;
+            END IF;
+            INSERT INTO fleetd_locks AS l (workflow, record, mnemonic, agent,
+                owner_host, owner_pid, owner_started, owner_instance, token,
+                since, expires, run_id)
+            VALUES (p_workflow, p_record, p_mnemonic, p_agent, p_host, p_pid,
+                p_started, p_instance, nextval('fleetd_tokens'), v_now,
+                v_now + p_lease, p_run_id)
+            ON CONFLICT DO NOTHING
+            RETURNING l.token, l.expires INTO r_token, r_expires;
+            IF NOT FOUND THEN
+                r_outcome := 'locked';
+                RETURN NEXT;
+                RETURN;
+            END IF;
+            -- The insert may have waited for a commit of this record that
+            -- released its lock; that commit's mark is visible only now.
+            IF p_check_mark AND EXISTS (SELECT 1 FROM fleetd_marks m
+                    WHERE m.workflow = p_workflow AND m.record = p_record
+                    AND m.mnemonic = p_mnemonic) THEN
+                DELETE FROM fleetd_locks l WHERE l.workflow = p_workflow
+                    AND l.record = p_record AND l.mnemonic = p_mnemonic
+                    AND l.token = r_token;
+                r_outcome := 'done';
+                r_token := NULL;
+                r_expires := NULL;
+                RETURN NEXT;
+                RETURN;
+            END IF;
+            r_outcome := 'granted';
+            RETURN NEXT;
+        END
+        $$""",
+        """CREATE OR REPLACE FUNCTION fleetd_resolve(
+            p_workflow text, p_record text, p_mnemonic text, p_token bigint,
+            p_resolution text, p_agent text, p_run_id text, p_reason text,
+            p_mark boolean)
+        RETURNS text
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_lock fleetd_locks%ROWTYPE;
+            v_now float8 := extract(epoch from now());
+        BEGIN
+            SELECT * INTO v_lock FROM fleetd_locks l
+                WHERE l.workflow = p_workflow AND l.record = p_record
+                AND l.mnemonic = p_mnemonic FOR UPDATE;
+            IF NOT FOUND THEN
+                RETURN 'released';
+            ELSIF v_lock.token <> p_token THEN
+                RETURN 'token';
+            ELSIF v_lock.expires < v_now THEN
+                RETURN 'expired';
+            END IF;
+            DELETE FROM fleetd_locks l WHERE l.workflow = p_workflow
+                AND l.record = p_record AND l.mnemonic = p_mnemonic;
+            IF p_mark THEN
+                INSERT INTO fleetd_marks AS m (workflow, record, mnemonic, agent,
+                    resolution, reason, at)
+                VALUES (p_workflow, p_record, p_mnemonic, p_agent, p_resolution,
+                    p_reason, v_now)
+                ON CONFLICT (workflow, record, mnemonic) DO UPDATE SET
+                    agent = excluded.agent, resolution = excluded.resolution,
+                    reason = excluded.reason, at = excluded.at;
+            END IF;
+            INSERT INTO fleetd_history (workflow, record, mnemonic, agent,
+                resolution, reason, run_id, owner, started, at, token)
+            VALUES (p_workflow, p_record, p_mnemonic, p_agent, p_resolution,
+                p_reason, p_run_id, v_lock.owner_host || ':' || v_lock.owner_pid,
+                v_lock.since, v_now, v_lock.token);
+            RETURN 'ok';
+        END
+        $$""",
+    ),
 }
-assert max(MIGRATIONS) == SCHEMA_VERSION
+
+#: Version of the PostgreSQL schema this fleetd writes.
+SCHEMA_VERSION = max(MIGRATIONS)
 
 #: Migrations that take locks long enough to stall running daemons; they
 #: run only from `fleetd db upgrade`, never automatically at start.
@@ -281,48 +373,46 @@ class PostgresStore:
         check_mark: bool,
     ) -> Grant:
         async def run(connection: asyncpg.Connection, attempt: int) -> Grant:
-            async with connection.transaction():
-                granted = await connection.fetchrow(
-                    f"INSERT INTO fleetd_locks ({LOCK_COLUMNS})"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-                    f" nextval('fleetd_tokens'), {NOW}, {NOW} + $9, $10)"
-                    " ON CONFLICT DO NOTHING RETURNING token, expires",
+            outcome, token, expires = await connection.fetchrow(
+                "SELECT * FROM fleetd_acquire($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+                " $10, $11)",
+                key.workflow,
+                key.record,
+                key.mnemonic,
+                agent,
+                owner.host,
+                owner.pid,
+                owner.started,
+                owner.instance,
+                lease,
+                run_id,
+                check_mark,
+            )
+            if outcome == "granted":
+                return Grant(key, token, expires)
+            if outcome == "done":
+                row = await connection.fetchrow(
+                    f"SELECT {MARK_COLUMNS} FROM fleetd_marks WHERE {KEY_WHERE}",
                     key.workflow,
                     key.record,
                     key.mnemonic,
-                    agent,
-                    owner.host,
-                    owner.pid,
-                    owner.started,
-                    owner.instance,
-                    lease,
-                    run_id,
                 )
-                if check_mark:
-                    # Raising rolls back the insert above.
-                    row = await connection.fetchrow(
-                        f"SELECT {MARK_COLUMNS} FROM fleetd_marks WHERE {KEY_WHERE}",
-                        key.workflow,
-                        key.record,
-                        key.mnemonic,
-                    )
-                    if row is not None:
-                        raise Done(_mark_from_row(row))
-                if granted is not None:
-                    return Grant(key, granted["token"], granted["expires"])
+                if row is not None:
+                    raise Done(_mark_from_row(row))
+            else:
                 row = await connection.fetchrow(
                     f"SELECT {LOCK_COLUMNS} FROM fleetd_locks WHERE {KEY_WHERE}",
                     key.workflow,
                     key.record,
                     key.mnemonic,
                 )
-            if row is None:
-                # Released between the insert and the select: claim again.
-                return await run(connection, attempt)
-            holder = lock_from_row(row)
-            if attempt > 1 and same_claim(holder, owner, run_id):
-                return grant_of(holder)
-            raise Locked(holder)
+                if row is not None:
+                    holder = lock_from_row(row)
+                    if attempt > 1 and same_claim(holder, owner, run_id):
+                        return grant_of(holder)
+                    raise Locked(holder)
+            # The mark was cleared, or the lock released, since: claim again.
+            return await run(connection, attempt)
 
         task = self._retrying("acquire", run)
 
@@ -386,6 +476,34 @@ class PostgresStore:
     ) -> None:
         key = grant.key
 
+        async def resolve_in_one_call(
+            connection: asyncpg.Connection, attempt: int
+        ) -> None:
+            status = await connection.fetchval(
+                "SELECT fleetd_resolve($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                key.workflow,
+                key.record,
+                key.mnemonic,
+                grant.token,
+                resolution.value,
+                agent,
+                run_id,
+                reason,
+                mark,
+            )
+            if status == "ok":
+                return
+            if attempt > 1 and await _resolved_before(
+                connection, grant.token, resolution
+            ):
+                return  # the attempt whose reply was lost committed
+            raise LeaseLost(
+                _LEASE_LOST[status].format(
+                    record=f"{key.workflow}/{key.record}/{key.mnemonic}",
+                    token=grant.token,
+                )
+            )
+
         async def run(connection: asyncpg.Connection, attempt: int) -> None:
             async with connection.transaction():
                 row = await connection.fetchrow(
@@ -417,7 +535,11 @@ class PostgresStore:
                     mark,
                 )
 
-        await await_detached(self._retrying("resolve", run), self._tasks)
+        if in_transaction is None:
+            operation = self._retrying("resolve", resolve_in_one_call)
+        else:
+            operation = self._retrying("resolve", run)
+        await await_detached(operation, self._tasks)
 
     async def validate(self, grant: Grant) -> None:
         async def run(connection: asyncpg.Connection, attempt: int) -> None:
@@ -595,6 +717,13 @@ async def _write_resolution(
         lock.since,
         lock.token,
     )
+
+
+_LEASE_LOST = {
+    "released": "lock on {record} is no longer held (token {token})",
+    "token": "lock on {record} has another token than {token}",
+    "expired": "lease on {record} expired",
+}
 
 
 def _lease_lost_message(grant: Grant, row: Any) -> str:

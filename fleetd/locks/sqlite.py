@@ -37,7 +37,6 @@ from fleetd.locks.common import (
     HISTORY_COLUMNS,
     LOCK_COLUMNS,
     MARK_COLUMNS,
-    SCHEMA_VERSION,
     SchemaError,
     await_detached,
     lock_from_row,
@@ -77,7 +76,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX history_by_record ON history (record, workflow)",
     ),
 }
-assert max(MIGRATIONS) == SCHEMA_VERSION
+#: Version of the SQLite schema this fleetd writes.
+SCHEMA_VERSION = max(MIGRATIONS)
 
 KEY_WHERE = "workflow = ? AND record = ? AND mnemonic = ?"
 

@@ -65,10 +65,10 @@ async def upgrade(url: str) -> int:
         from fleetd.locks import postgres
 
         return await postgres.upgrade(url)
+    from fleetd.locks.sqlite import SCHEMA_VERSION
+
     store = open_store(url)
     await store.open()
     await store.close()
-
-    from fleetd.locks.common import SCHEMA_VERSION
 
     return SCHEMA_VERSION

@@ -63,12 +63,15 @@ async def test_concurrent_opens_migrate_once(pg_url: str) -> None:
         await asyncio.gather(*(store.open() for store in stores))
     for store in stores:
         await store.close()
-    assert [e["version"] for e in logs if e["event"] == "state_store_migrated"] == [1]
-    assert await upgrade(pg_url) == 1
+    assert [e["version"] for e in logs if e["event"] == "state_store_migrated"] == [
+        1,
+        2,
+    ]
+    assert await upgrade(pg_url) == 2
 
 
 async def test_newer_schema_rejected(pg_url: str) -> None:
-    assert await upgrade(pg_url) == 1
+    assert await upgrade(pg_url) == 2
     connection = await asyncpg.connect(pg_url)
     await connection.execute("UPDATE fleetd_schema SET version = 99")
     await connection.close()
