@@ -12,6 +12,7 @@ import structlog
 from fleetd.config import Config, ConfigError, load_config
 from fleetd.daemon.logging import configure_logging, shift_level
 from fleetd.daemon.notify import Notifier, take_notify_environment, watchdog_period
+from fleetd.daemon.signals import receive_signals
 from fleetd.daemon.supervisor import Supervisor
 from fleetd.lang import Registry, load_plugins
 from fleetd.runtime import AgentLoader, AgentSet, Engine
@@ -104,30 +105,33 @@ def run_daemon(conf_dir: Path, *, log_target: str = "auto", verbosity: int = 0) 
 async def _serve(
     conf_dir: Path, config: Config, notifier: Notifier, period: float | None
 ) -> int:
-    # Plugins and agents: a plugin that cannot load is a configuration error.
-    try:
-        registry = await anyio.to_thread.run_sync(
-            load_plugins, list(config.daemon.plugin_dirs)
+    # Receive signals from here on: a SIGTERM while plugins, agents and the
+    # state store load waits in the queue and then stops the daemon gracefully.
+    with receive_signals() as signals:
+        # Plugins and agents: a plugin that cannot load is a configuration error.
+        try:
+            registry = await anyio.to_thread.run_sync(
+                load_plugins, list(config.daemon.plugin_dirs)
+            )
+        except Exception as exc:  # noqa: BLE001 - any plugin error stops the start
+            log.error(
+                "plugins_invalid",
+                error=repr(exc),
+                plugin_dirs=list(config.daemon.plugin_dirs),
+            )
+            return EXIT_CONFIG
+        source = DropInSource(conf_dir, registry)
+        agents = await anyio.to_thread.run_sync(source.load_agents, config, None)
+        log.info(
+            "agents_loaded",
+            agents=len(agents.agents),
+            scheduled=sum(1 for loaded in agents.agents.values() if loaded.scheduled),
+            errors=len(agents.errors),
         )
-    except Exception as exc:  # noqa: BLE001 - any plugin error stops the start
-        log.error(
-            "plugins_invalid",
-            error=repr(exc),
-            plugin_dirs=list(config.daemon.plugin_dirs),
-        )
-        return EXIT_CONFIG
-    source = DropInSource(conf_dir, registry)
-    agents = await anyio.to_thread.run_sync(source.load_agents, config, None)
-    log.info(
-        "agents_loaded",
-        agents=len(agents.agents),
-        scheduled=sum(1 for loaded in agents.agents.values() if loaded.scheduled),
-        errors=len(agents.errors),
-    )
 
-    # Open the state store and the lock manager, then serve.
-    async with Engine(config, registry=registry) as engine:
-        supervisor = Supervisor(
-            engine, source, config, agents, notifier, watchdog_period=period
-        )
-        return await supervisor.serve()
+        # Open the state store and the lock manager, then serve.
+        async with Engine(config, registry=registry) as engine:
+            supervisor = Supervisor(
+                engine, source, config, agents, notifier, watchdog_period=period
+            )
+            return await supervisor.serve(signals)

@@ -35,7 +35,7 @@ import os
 import random
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -169,15 +169,20 @@ class Supervisor:
 
     # -- public -------------------------------------------------------------
 
-    async def serve(self) -> int:
+    async def serve(self, signals: AsyncIterator[signal.Signals] | None = None) -> int:
         """Run until SIGTERM or SIGINT and the end of every in-flight run; return 0.
 
         On return every run has been resolved (committed, rolled back or
         in error) and the previous signal handlers are back in place.
+
+        Args:
+            signals: a receiver opened by the caller with `receive_signals`,
+                so that signals which arrive while the caller starts up are
+                queued for the supervisor. None: open one here.
         """
         async with anyio.create_task_group() as daemon_group:
             # Signals first, so a SIGTERM while the agents start is a graceful stop.
-            await daemon_group.start(self._receive_signals)
+            await daemon_group.start(self._receive_signals, signals)
             if self._watchdog_period is not None:
                 daemon_group.start_soon(
                     run_watchdog, self._notifier, self._watchdog_period
@@ -276,15 +281,28 @@ class Supervisor:
 
     # -- signals ------------------------------------------------------------
 
-    async def _receive_signals(self, *, task_status: TaskStatus[None]) -> None:
-        with receive_signals(HANDLED_SIGNALS) as signals:
-            task_status.started()
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("reload_requested", signal="SIGHUP")
-                    self.request_reload()
-                else:
-                    self.request_stop(signal.Signals(signum).name)
+    async def _receive_signals(
+        self,
+        signals: AsyncIterator[signal.Signals] | None,
+        *,
+        task_status: TaskStatus[None],
+    ) -> None:
+        if signals is None:
+            with receive_signals(HANDLED_SIGNALS) as own_signals:
+                await self._handle_signals(own_signals, task_status)
+        else:
+            await self._handle_signals(signals, task_status)
+
+    async def _handle_signals(
+        self, signals: AsyncIterator[signal.Signals], task_status: TaskStatus[None]
+    ) -> None:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("reload_requested", signal="SIGHUP")
+                self.request_reload()
+            else:
+                self.request_stop(signal.Signals(signum).name)
 
     # -- stop ---------------------------------------------------------------
 

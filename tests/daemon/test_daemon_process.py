@@ -269,6 +269,40 @@ def test_invalid_config_at_start_exits_2(root: Path, daemon: Daemon) -> None:
     assert not any(m.get("READY") == "1" for m in daemon.drain_notify())
 
 
+def test_sigterm_during_startup_graceful(root: Path, daemon: Daemon) -> None:
+    plugins = root / "plugins"
+    plugins.mkdir()
+    marker = root / "plugin-loading"
+    (plugins / "slow.py").write_text(
+        f"import pathlib, time\n"
+        f"pathlib.Path({str(marker)!r}).touch()\n"
+        f"time.sleep(3)\n"
+        f"FLEETD_FUNCTIONS = []\n"
+    )
+    write_settings(root / "conf.d", root, plugin_dirs=f'["{plugins}"]')
+    daemon.start()
+    deadline = time.monotonic() + 20
+    while not marker.exists():
+        assert time.monotonic() < deadline, daemon.logs()
+        time.sleep(0.02)
+    # The plugin is still loading: the signal must wait, not kill.
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0
+    assert daemon.log_events("stop_requested")
+    assert daemon.log_events("daemon_stopped")
+
+
+def test_broken_plugin_exits_2(root: Path, daemon: Daemon) -> None:
+    plugins = root / "plugins"
+    plugins.mkdir()
+    (plugins / "broken.py").write_text("raise RuntimeError('no database')\n")
+    write_settings(root / "conf.d", root, plugin_dirs=f'["{plugins}"]')
+    daemon.start()
+    assert daemon.wait_exit(30) == 2
+    (failed,) = daemon.log_events("plugins_invalid")
+    assert "no database" in failed["error"]
+
+
 def test_reload_keeps_run_on_old_version(root: Path, daemon: Daemon) -> None:
     conf_dir = root / "conf.d"
     write_settings(conf_dir, root)
