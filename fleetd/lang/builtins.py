@@ -304,17 +304,21 @@ def _substr(
     text: Value, offset: Value, length: Value = None, replacement: Value = None
 ) -> Value:
     subject = render(text)
+    size = len(subject)
     start = to_integer(offset)
     if start < 0:
-        start += len(subject)
-    if start < 0 or start > len(subject):
-        return None
+        start += size
     if length is None:
-        end = len(subject)
+        end = size
     else:
         count = to_integer(length)
-        end = start + count if count >= 0 else len(subject) + count
-        end = max(min(end, len(subject)), start)
+        end = start + count if count >= 0 else size + count
+    # Perl returns undef for a part wholly outside the string, and the
+    # overlap for a part partly outside it.
+    if start > size or (start < 0 and end < 0):
+        return None
+    start = max(start, 0)
+    end = min(max(end, start), size)
     return subject[start:end]
 
 

@@ -41,7 +41,7 @@ def perl_sprintf(template: Value, *args: Value) -> str:
         last = match.end()
         conv = match.group("conv")
         if conv == "%":
-            out.append("%")
+            out.append(_pad("%", match.group("flags") or "", match.group("width")))
             continue
         flags = match.group("flags") or ""
         width_text = match.group("width")
@@ -74,6 +74,15 @@ def perl_sprintf(template: Value, *args: Value) -> str:
             ) from None
     out.append(text[last:])
     return "".join(out)
+
+
+def _pad(text: str, flags: str, width: str | None) -> str:
+    """Pad a literal `%` to its field width, as Perl does for `%5%`."""
+    if not width or width == "*":
+        return text
+    if "-" in flags:
+        return text.ljust(int(width))
+    return text.rjust(int(width), "0" if "0" in flags else " ")
 
 
 def _format_one(
@@ -159,54 +168,72 @@ def _pack_items(template: str) -> list[tuple[str, str | None]]:
     return items
 
 
+def _pack_text(letter: str, count: str | None, value: Value) -> bytes:
+    """Pack one value with a, A or Z."""
+    data = render(value).encode("latin-1", "replace")
+    if count == "*":
+        return data + (b"\0" if letter == "Z" else b"")
+    size = int(count or 1)
+    pad = b" " if letter == "A" else b"\0"
+    field = data[: size - 1 if letter == "Z" else size]
+    return field + pad * (size - len(field))
+
+
+def _pack_hex(letter: str, count: str | None, value: Value) -> bytes:
+    """Pack one value with H (high nybble first) or h."""
+    digits = render(value)
+    if count != "*":
+        digits = digits[: int(count or 1)]
+    if len(digits) % 2:
+        digits += "0"
+    if letter == "h":
+        digits = "".join(digits[i + 1] + digits[i] for i in range(0, len(digits), 2))
+    return bytes.fromhex(digits)
+
+
+def _pack_number(letter: str, number: int) -> bytes:
+    """Pack one integer with C, c, n, N, v, V, w, or U as UTF-8 bytes."""
+    if letter == "U":
+        return chr(number).encode("utf-8")
+    if letter == "w":
+        chunk = [number & 0x7F]
+        number >>= 7
+        while number:
+            chunk.append(0x80 | (number & 0x7F))
+            number >>= 7
+        return bytes(reversed(chunk))
+    fmt = _INTEGER_FORMATS[letter]
+    if letter == "c":
+        return struct.pack(fmt, (number + 128) % 256 - 128)
+    bits = struct.calcsize(fmt) * 8
+    return struct.pack(fmt, number % (1 << bits))
+
+
 def perl_pack(template: Value, items: Value) -> str:
     """Pack the list `items` by the template; bytes come back as Latin-1 text."""
     values = list(items) if isinstance(items, list) else [items]
-    out = bytearray()
-    for letter, count in _pack_items(render(template)):
+    letters = _pack_items(render(template))
+    # A template that starts with U packs characters; U elsewhere packs the
+    # UTF-8 bytes of the character.
+    characters = bool(letters) and letters[0][0] == "U"
+    pieces: list[str] = []
+    for letter, count in letters:
         if letter in "aAZ":
-            data = render(values.pop(0) if values else None).encode(
-                "latin-1", "replace"
-            )
-            if count == "*":
-                out += data + (b"\0" if letter == "Z" else b"")
-                continue
-            size = int(count or 1)
-            pad = b" " if letter == "A" else b"\0"
-            field = data[: size - 1 if letter == "Z" else size]
-            out += field + pad * (size - len(field))
-        elif letter in "Hh":
-            digits = render(values.pop(0) if values else None)
-            if count != "*":
-                digits = digits[: int(count or 1)]
-            if len(digits) % 2:
-                digits += "0"
-            if letter == "h":
-                digits = "".join(
-                    digits[i + 1] + digits[i] for i in range(0, len(digits), 2)
-                )
-            out += bytes.fromhex(digits)
-        else:
-            repeat = len(values) if count == "*" else int(count or 1)
-            for _ in range(repeat):
-                number = to_integer(values.pop(0) if values else None)
-                if letter == "U":
-                    out += chr(number).encode("utf-8")
-                elif letter == "w":
-                    chunk = [number & 0x7F]
-                    number >>= 7
-                    while number:
-                        chunk.append(0x80 | (number & 0x7F))
-                        number >>= 7
-                    out += bytes(reversed(chunk))
-                else:
-                    fmt = _INTEGER_FORMATS[letter]
-                    if letter == "c":
-                        out += struct.pack(fmt, (number + 128) % 256 - 128)
-                    else:
-                        bits = struct.calcsize(fmt) * 8
-                        out += struct.pack(fmt, number % (1 << bits))
-    return out.decode("latin-1")
+            data = _pack_text(letter, count, values.pop(0) if values else None)
+            pieces.append(data.decode("latin-1"))
+            continue
+        if letter in "Hh":
+            data = _pack_hex(letter, count, values.pop(0) if values else None)
+            pieces.append(data.decode("latin-1"))
+            continue
+        repeat = len(values) if count == "*" else int(count or 1)
+        for _ in range(repeat):
+            number = to_integer(values.pop(0) if values else None)
+            if letter == "U" and characters:
+                pieces.append(chr(number))
+            else:
+                pieces.append(_pack_number(letter, number).decode("latin-1"))
+    return "".join(pieces)
 
 
 def perl_unpack(template: Value, data: Value) -> list[Value]:
@@ -215,7 +242,12 @@ def perl_unpack(template: Value, data: Value) -> list[Value]:
     offset = 0
     result: list[Value] = []
     for letter, count in _pack_items(render(template)):
-        if letter in "aAZ":
+        if letter == "Z" and count == "*":
+            end = raw.find(b"\0", offset)
+            end = len(raw) if end < 0 else end
+            result.append(raw[offset:end].decode("latin-1"))
+            offset = min(end + 1, len(raw))
+        elif letter in "aAZ":
             size = len(raw) - offset if count == "*" else int(count or 1)
             field = raw[offset : offset + size]
             offset += size

@@ -111,18 +111,106 @@ CASES: list[tuple[str, str]] = [
     ("defined(missing)", 'defined(undef) ? 1 : ""'),
     ('defined("")', 'defined("") ? 1 : ""'),
     ("OS()", "$^O"),
+    ('hex("1_f")', 'hex("1_f")'),
+    ('oct("0b1_01")', 'oct("0b1_01")'),
+    ('oct("789")', 'oct("789")'),
+    ('oct("x1F")', 'oct("x1F")'),
+    ('oct("0o17")', 'oct("0o17")'),
+    ('hex("")', 'hex("")'),
+    ('int("  -7.9e1xyz")', 'int("  -7.9e1xyz")'),
+    ('int("inf")', 'int("inf")'),
+    ('abs("abc")', 'abs("abc")'),
+    ('sqrt("16abc")', 'sqrt("16abc")'),
+    (
+        'sprintf("%g|%G|%.3g|%e|%.0f|%.0f", 0.0001, "1e20", 3.14159, 0, 0.5, 1.5)',
+        'sprintf("%g|%G|%.3g|%e|%.0f|%.0f", 0.0001, "1e20", 3.14159, 0, 0.5, 1.5)',
+    ),
+    (
+        'sprintf("%5s|%-5d|%05d|%x|%X|%#x|%#o|%+.2f", "ab", -3, -42, -1, 255, 255, 8, 2.345)',
+        'sprintf("%5s|%-5d|%05d|%x|%X|%#x|%#o|%+.2f", "ab", -3, -42, -1, 255, 255, 8, 2.345)',
+    ),
+    ('sprintf("%s %s", "a")', 'sprintf("%s %s", "a")'),
+    ('sprintf("%d", "abc")', 'sprintf("%d", "abc")'),
+    ('sprintf("%.2e", 12345.678)', 'sprintf("%.2e", 12345.678)'),
+    (
+        'sprintf("%3$s %1$s %s", "a", "b", "c")',
+        "sprintf(q{%3$s %1$s %s}, 'a', 'b', 'c')",
+    ),
+    ('sprintf("%*d|%-*d", 5, 42, 4, 7)', 'sprintf("%*d|%-*d", 5, 42, 4, 7)'),
+    ('sprintf("%c%c", 72, 105)', 'sprintf("%c%c", 72, 105)'),
+    ('sprintf("%%|%5%|%-3%|%s", "x")', 'sprintf("%%|%5%|%-3%|%s", "x")'),
+    (
+        'sprintf("%.3s|%10.4f|%-10.2e|", "abcdef", 3.14159265, 1234.5)',
+        'sprintf("%.3s|%10.4f|%-10.2e|", "abcdef", 3.14159265, 1234.5)',
+    ),
+    ('split(",", "a,b,c,,,", -1)', 'join ",", split(",", "a,b,c,,,", -1)'),
+    ('split("", "abc", 2)', 'join ",", split("", "abc", 2)'),
+    ('split("x*", "abc")', 'join ",", split("x*", "abc")'),
+    ('split(",", ",a,b")', 'join ",", split(",", ",a,b")'),
+    (
+        'split("(a)|b", "1a2b3")',
+        'join ",", map { defined ? $_ : "" } split(/(a)|b/, "1a2b3")',
+    ),
+    ('split(" ", "\\ta  b\\n")', 'join ",", split(" ", "\\ta  b\\n")'),
+    ('split("\\\\s+", " a b")', 'join ",", split(/\\s+/, " a b")'),
+    ('substr("hello", 10)', 'substr("hello", 10)'),
+    ('substr("hello", -10)', 'substr("hello", -10)'),
+    ('substr("hello", -10, 5)', 'substr("hello", -10, 5)'),
+    ('substr("hello", -10, 7)', 'substr("hello", -10, 7)'),
+    ('substr("hello", -10, -7)', 'substr("hello", -10, -7)'),
+    ('substr("hello", 5)', 'substr("hello", 5)'),
+    ('substr("hello", 2, 100)', 'substr("hello", 2, 100)'),
+    ('substr("hello", 3, -5)', 'substr("hello", 3, -5)'),
+    ('index("hello", "")', 'index("hello", "")'),
+    ('index("", "a")', 'index("", "a")'),
+    ('index("hello", "l", 10)', 'index("hello", "l", 10)'),
+    ('rindex("hello", "l", 10)', 'rindex("hello", "l", 10)'),
+    ('rindex("hello", "h", -1)', 'rindex("hello", "h", -1)'),
+    ('lc("ÀB")', 'lc("ÀB")'),
+    ('ucfirst("")', 'ucfirst("")'),
+    ('chop("")', 'do { my $x = ""; chop $x; $x }'),
+    ("chr(-1)", "chr(-1)"),
+    ("chr(65.7)", "chr(65.7)"),
+    ('ord("€")', 'ord("€")'),
+    ("reverse([])", 'join ",", reverse()'),
+    ('sort([10, 9, 100, "a"])', 'join ",", sort(10, 9, 100, "a")'),
+    ('quotemeta("")', 'quotemeta("")'),
+    ('quotemeta("a_b-c/d")', 'quotemeta("a_b-c/d")'),
+    ('replace("aaa", "a", "b")', 'do { my $s = "aaa"; $s =~ s/a/b/; $s }'),
+    ('replace("abc", "x", "y")', 'do { my $s = "abc"; $s =~ s/x/y/; $s }'),
+    ("gmtime(-1)", 'join ",", gmtime(-1)'),
+    ("gmtime(951782400)", 'join ",", gmtime(951782400)'),
+    ('join(", ", [1, 2.5, "x"])', 'join(", ", 1, 2.5, "x")'),
+    ('length("")', 'length("")'),
+    ("log(2.718281828459045)", "log(2.718281828459045)"),
+    ("exp(0)", "exp(0)"),
+    ("atan2(0, -1)", "atan2(0, -1)"),
+    ('pack("N n C*", [1, 2, 3, 4])', 'pack("N n C*", 1, 2, 3, 4)'),
+    ('unpack("H*", "AB")', 'join ",", unpack("H*", "AB")'),
+    ('pack("H4", ["4142"])', 'pack("H4", "4142")'),
+    (
+        'unpack("v V", "\\x01\\x02\\x03\\x04\\x05\\x06")',
+        'join ",", unpack("v V", "\\x01\\x02\\x03\\x04\\x05\\x06")',
+    ),
+    ('pack("Z5 a3 A3", ["ab", "c", "d"])', 'pack("Z5 a3 A3", "ab", "c", "d")'),
+    ('unpack("Z* A2", "ab\\x00cd ")', 'join ",", unpack("Z* A2", "ab\\x00cd ")'),
+    ('pack("w", [300])', 'pack("w", 300)'),
+    ('pack("c", [-1])', 'pack("c", -1)'),
+    ('pack("U", [8364])', 'pack("U", 8364)'),
 ]
 
 
 def perl_values(expressions: list[str]) -> list[str]:
-    program = "\n".join(
-        f'{{ my @v = ({expr}); print join(",", map {{ defined $_ ? $_ : "" }} @v), "\\0"; }}'
+    # Text is characters on both sides: the program is UTF-8 source, and
+    # output (pack's bytes included) is written as UTF-8.
+    program = 'use utf8; binmode STDOUT, ":encoding(UTF-8)";\n' + "\n".join(
+        f'{{ my @v = ({expr}); print join(",", map {{ defined $_ ? $_ : "" }} @v), "\\x1e\\x1f"; }}'
         for expr in expressions
     )
     result = subprocess.run(
         ["perl", "-e", program], capture_output=True, text=True, check=True, timeout=30
     )
-    return result.stdout.split("\0")[:-1]
+    return result.stdout.split("\x1e\x1f")[:-1]
 
 
 def agent_value(expression: str, scope: Scope | None = None) -> object:
