@@ -12,12 +12,15 @@ comparison, `IN`, `NOT IN` or `MATCHES`. `AND` and `OR` group to the left.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+import lark
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
@@ -205,16 +208,59 @@ class _Builder(Transformer[Token, Any]):
         return list(results)
 
 
-_grammar = resources.files("fleetd.lang").joinpath("expressions.lark").read_text()
-_parser = Lark(
-    _grammar,
-    parser="lalr",
-    lexer="contextual",
-    start=[*START_SYMBOLS, "batch"],
-    transformer=_Builder(),
-    maybe_placeholders=True,
-    cache=False,
-)
+def _cache_file() -> str | bool:
+    """Return where Lark keeps the analysed grammar, or False for no cache.
+
+    Building the LALR tables takes about 100 ms, loading them from the cache
+    about 5 ms. Lark stores the tables with pickle, so the folder must belong
+    to this user and be writable by no one else; otherwise the tables are
+    built on every start. Lark checks the grammar's SHA-256 and its own
+    version on load and rebuilds the file when either changed, and it falls
+    back to building when the file cannot be read or written.
+    """
+    folder = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        folder = os.path.join(base, "fleetd")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.stat(folder)
+    except OSError:
+        return False
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return False
+    python = "%d%d" % sys.version_info[:2]
+
+    return os.path.join(folder, f"expressions-lark{lark.__version__}-py{python}.tmp")
+
+
+def _build_parser() -> Lark:
+    grammar = resources.files("fleetd.lang").joinpath("expressions.lark").read_text()
+
+    return Lark(
+        grammar,
+        parser="lalr",
+        lexer="contextual",
+        start=[*START_SYMBOLS, "batch"],
+        transformer=_Builder(),
+        maybe_placeholders=True,
+        cache=_cache_file(),
+    )
+
+
+_parser_lock = threading.Lock()
+_parser_instance: Lark | None = None
+
+
+def _parser() -> Lark:
+    """Return the shared parser, built (or loaded from the cache) on first use."""
+    global _parser_instance
+    if _parser_instance is None:
+        with _parser_lock:
+            if _parser_instance is None:
+                _parser_instance = _build_parser()
+
+    return _parser_instance
 
 
 # A string token without its closing quote, as the free-text terminal reads it.
@@ -380,7 +426,7 @@ def parse_forms(
     _position.file = file
     _position.line_numbers = [requests[index][3] for index in missing]
     try:
-        parsed = _parser.parse("".join(pieces), start="batch")
+        parsed = _parser().parse("".join(pieces), start="batch")
     except (UnexpectedInput, VisitError, ExpressionError):
         return None
     finally:
@@ -405,7 +451,7 @@ def _parse_form(start: str, line: str, offset: int, file: str, line_number: int)
     _position.line_numbers = None
     text = " " * offset + line[offset:]
     try:
-        result = _parser.parse(text, start=start)
+        result = _parser().parse(text, start=start)
     except UnexpectedInput as error:
         column = getattr(error, "column", None) or offset + 1
         if isinstance(error, UnexpectedToken) and error.token.type == "$END":

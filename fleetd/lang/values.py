@@ -107,7 +107,9 @@ def to_number(value: Value) -> int | float:
     exponent = match.group(5)
     if whole is not None and fraction is None and exponent is None:
         return int(sign_text + whole)
-    return float(match.group(0))
+    # Perl keeps an integral result in an integer (IV) where it fits, so
+    # "1e15" + 0 prints as 1000000000000000.
+    return normalize_number(float(match.group(0)))
 
 
 def to_integer(value: Value) -> int:
