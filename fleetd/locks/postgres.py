@@ -97,47 +97,71 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             p_workflow text, p_record text, p_mnemonic text, p_agent text,
             p_host text, p_pid integer, p_started bigint, p_instance text,
             p_lease float8, p_run_id text, p_check_mark boolean)
-        RETURNS TABLE (r_outcome text, r_token bigint, r_expires float8)
+        RETURNS TABLE (r_outcome text, r_token bigint, r_expires float8,
+            r_agent text, r_host text, r_pid integer, r_started bigint,
+            r_instance text, r_since float8, r_run_id text,
+            r_resolution text, r_reason text, r_at float8)
         LANGUAGE plpgsql AS $$
         DECLARE
             v_now float8 := extract(epoch from now());
         BEGIN
-            IF p_check_mark AND EXISTS (SELECT 1 FROM fleetd_marks m
-                    WHERE m.workflow = p_workflow AND m.record = p_record
-                    AND m.mnemonic = p_mnemonic) THEN
-                r_outcome := 'done';
-                RETURN NEXT;
-                RETURN;
-            END IF;
-            INSERT INTO fleetd_locks AS l (workflow, record, mnemonic, agent,
-                owner_host, owner_pid, owner_started, owner_instance, token,
-                since, expires, run_id)
-            VALUES (p_workflow, p_record, p_mnemonic, p_agent, p_host, p_pid,
-                p_started, p_instance, nextval('fleetd_tokens'), v_now,
-                v_now + p_lease, p_run_id)
-            ON CONFLICT DO NOTHING
-            RETURNING l.token, l.expires INTO r_token, r_expires;
-            IF NOT FOUND THEN
-                r_outcome := 'locked';
-                RETURN NEXT;
-                RETURN;
-            END IF;
-            -- The insert may have waited for a commit of this record that
-            -- released its lock; that commit's mark is visible only now.
-            IF p_check_mark AND EXISTS (SELECT 1 FROM fleetd_marks m
-                    WHERE m.workflow = p_workflow AND m.record = p_record
-                    AND m.mnemonic = p_mnemonic) THEN
-                DELETE FROM fleetd_locks l WHERE l.workflow = p_workflow
-                    AND l.record = p_record AND l.mnemonic = p_mnemonic
-                    AND l.token = r_token;
-                r_outcome := 'done';
-                r_token := NULL;
-                r_expires := NULL;
-                RETURN NEXT;
-                RETURN;
-            END IF;
-            r_outcome := 'granted';
-            RETURN NEXT;
+            LOOP
+                IF p_check_mark THEN
+                    SELECT m.agent, m.resolution, m.reason, m.at
+                        INTO r_agent, r_resolution, r_reason, r_at
+                        FROM fleetd_marks m WHERE m.workflow = p_workflow
+                        AND m.record = p_record AND m.mnemonic = p_mnemonic;
+                    IF FOUND THEN
+                        r_outcome := 'done';
+                        RETURN NEXT;
+                        RETURN;
+                    END IF;
+                END IF;
+                INSERT INTO fleetd_locks AS l (workflow, record, mnemonic,
+                    agent, owner_host, owner_pid, owner_started,
+                    owner_instance, token, since, expires, run_id)
+                VALUES (p_workflow, p_record, p_mnemonic, p_agent, p_host,
+                    p_pid, p_started, p_instance, nextval('fleetd_tokens'),
+                    v_now, v_now + p_lease, p_run_id)
+                ON CONFLICT DO NOTHING
+                RETURNING l.token, l.expires INTO r_token, r_expires;
+                IF FOUND THEN
+                    -- The insert may have waited for a commit of this record
+                    -- that released its lock; that commit's mark is visible
+                    -- only to a statement that starts now.
+                    IF p_check_mark THEN
+                        SELECT m.agent, m.resolution, m.reason, m.at
+                            INTO r_agent, r_resolution, r_reason, r_at
+                            FROM fleetd_marks m WHERE m.workflow = p_workflow
+                            AND m.record = p_record AND m.mnemonic = p_mnemonic;
+                        IF FOUND THEN
+                            DELETE FROM fleetd_locks l
+                                WHERE l.workflow = p_workflow
+                                AND l.record = p_record
+                                AND l.mnemonic = p_mnemonic
+                                AND l.token = r_token;
+                            r_outcome := 'done';
+                            RETURN NEXT;
+                            RETURN;
+                        END IF;
+                    END IF;
+                    r_outcome := 'granted';
+                    RETURN NEXT;
+                    RETURN;
+                END IF;
+                SELECT l.token, l.expires, l.agent, l.owner_host, l.owner_pid,
+                        l.owner_started, l.owner_instance, l.since, l.run_id
+                    INTO r_token, r_expires, r_agent, r_host, r_pid,
+                        r_started, r_instance, r_since, r_run_id
+                    FROM fleetd_locks l WHERE l.workflow = p_workflow
+                    AND l.record = p_record AND l.mnemonic = p_mnemonic;
+                IF FOUND THEN
+                    r_outcome := 'locked';
+                    RETURN NEXT;
+                    RETURN;
+                END IF;
+                -- Released between the insert and the select: claim again.
+            END LOOP;
         END
         $$""",
         """CREATE OR REPLACE FUNCTION fleetd_resolve(
@@ -373,7 +397,7 @@ class PostgresStore:
         check_mark: bool,
     ) -> Grant:
         async def run(connection: asyncpg.Connection, attempt: int) -> Grant:
-            outcome, token, expires = await connection.fetchrow(
+            row = await connection.fetchrow(
                 "SELECT * FROM fleetd_acquire($1, $2, $3, $4, $5, $6, $7, $8, $9,"
                 " $10, $11)",
                 key.workflow,
@@ -388,31 +412,35 @@ class PostgresStore:
                 run_id,
                 check_mark,
             )
-            if outcome == "granted":
-                return Grant(key, token, expires)
-            if outcome == "done":
-                row = await connection.fetchrow(
-                    f"SELECT {MARK_COLUMNS} FROM fleetd_marks WHERE {KEY_WHERE}",
-                    key.workflow,
-                    key.record,
-                    key.mnemonic,
+            if row["r_outcome"] == "granted":
+                return Grant(key, row["r_token"], row["r_expires"])
+            if row["r_outcome"] == "done":
+                raise Done(
+                    Mark(
+                        key,
+                        row["r_agent"],
+                        Resolution(row["r_resolution"]),
+                        row["r_reason"],
+                        row["r_at"],
+                    )
                 )
-                if row is not None:
-                    raise Done(_mark_from_row(row))
-            else:
-                row = await connection.fetchrow(
-                    f"SELECT {LOCK_COLUMNS} FROM fleetd_locks WHERE {KEY_WHERE}",
-                    key.workflow,
-                    key.record,
-                    key.mnemonic,
-                )
-                if row is not None:
-                    holder = lock_from_row(row)
-                    if attempt > 1 and same_claim(holder, owner, run_id):
-                        return grant_of(holder)
-                    raise Locked(holder)
-            # The mark was cleared, or the lock released, since: claim again.
-            return await run(connection, attempt)
+            holder = LockInfo(
+                key=key,
+                agent=row["r_agent"],
+                owner=Owner(
+                    host=row["r_host"],
+                    pid=row["r_pid"],
+                    instance=row["r_instance"],
+                    started=row["r_started"],
+                ),
+                token=row["r_token"],
+                since=row["r_since"],
+                expires=row["r_expires"],
+                run_id=row["r_run_id"],
+            )
+            if attempt > 1 and same_claim(holder, owner, run_id):
+                return grant_of(holder)
+            raise Locked(holder)
 
         task = self._retrying("acquire", run)
 
