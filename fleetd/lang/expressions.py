@@ -229,7 +229,7 @@ def _cache_file() -> str | bool:
         return False
     if info.st_uid != os.getuid() or info.st_mode & 0o022:
         return False
-    python = "%d%d" % sys.version_info[:2]
+    python = f"{sys.version_info[0]}{sys.version_info[1]}"
 
     return os.path.join(folder, f"expressions-lark{lark.__version__}-py{python}.tmp")
 
