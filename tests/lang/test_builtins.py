@@ -111,6 +111,8 @@ CASES: list[tuple[str, str]] = [
     ("defined(missing)", 'defined(undef) ? 1 : ""'),
     ('defined("")', 'defined("") ? 1 : ""'),
     ("OS()", "$^O"),
+    ('split(",", "a,,", 5)', 'join ",", split(",", "a,,", 5)'),
+    ('split(",", "a,b,,", 0)', 'join ",", split(",", "a,b,,", 0)'),
     ('hex("1_f")', 'hex("1_f")'),
     ('oct("0b1_01")', 'oct("0b1_01")'),
     ('oct("789")', 'oct("789")'),
