@@ -1,8 +1,9 @@
 """The `fleetd run` daemon: supervisor, signals, sd_notify and logging setup.
 
-`fleetd.daemon.logging` imports nothing else from fleetd, so every command
-can set up logging before anything slow is imported; the supervisor and
-`run_daemon` load on first use.
+`fleetd.daemon.logging` imports nothing from fleetd but
+`fleetd.daemon.journal`, so every command can set up logging before
+anything slow is imported; the supervisor and `run_daemon` load on first
+use.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ import random
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -47,12 +46,13 @@ from fleetd.config import ConfigError, redact_url
 from fleetd.daemon.notify import Notifier, run_watchdog
 from fleetd.daemon.schedule import AgentSlot, agent_interval, is_runnable
 from fleetd.daemon.signals import HANDLED_SIGNALS, receive_signals
+from fleetd.daemon.status import SupervisorStatistics, format_status
 
 if TYPE_CHECKING:
     from fleetd.config.model import Config
     from fleetd.runtime import AgentSet, LoadedAgent, RunReport
 
-__all__ = ["ConfigSource", "EngineLike", "Supervisor", "SupervisorStatistics"]
+__all__ = ["ConfigSource", "EngineLike", "Supervisor"]
 
 log = structlog.get_logger()
 
@@ -60,7 +60,6 @@ log = structlog.get_logger()
 STATUS_PERIOD = 2.0
 # Settings that an open Engine cannot change; a reload logs that they need a restart.
 _RESTART_SETTINGS = ("state", "lease", "loop", "plugin_dirs")
-_MAX_STATUS_ERROR = 200
 
 
 class EngineLike(Protocol):
@@ -89,24 +88,6 @@ class ConfigSource(Protocol):
     def load_agents(self, config: Config, previous: AgentSet | None) -> AgentSet:
         """Parse and initialize the agents of `config`."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorStatistics:
-    """Counters of the daemon, for STATUS= and tests."""
-
-    agents_running: int
-    agents_not_running: int
-    agent_errors: int
-    runs_in_flight: int
-    runs_done: int
-    outcomes: dict[str, int]
-    cycles: int
-    overruns: int
-    reloads: int
-    reload_failures: int
-    last_error: str | None
-    stopping: bool
 
 
 class Supervisor:
@@ -262,22 +243,7 @@ class Supervisor:
 
     def status_text(self) -> str:
         """Return the one-line STATUS= text: agents, runs in progress, last error."""
-        stats = self.statistics()
-        parts = [
-            f"{stats.agents_running} agents running",
-            f"{stats.agents_not_running} not running",
-            f"{stats.agent_errors} agent errors",
-            f"{stats.runs_in_flight} runs in progress",
-            f"{stats.runs_done} runs done",
-        ]
-        text = ("stopping: " if stats.stopping else "") + ", ".join(parts)
-        if stats.last_error:
-            error = stats.last_error
-            if len(error) > _MAX_STATUS_ERROR:
-                error = error[: _MAX_STATUS_ERROR - 3] + "..."
-            text += f"; last error: {error}"
-
-        return text
+        return format_status(self.statistics())
 
     # -- signals ------------------------------------------------------------
 
