@@ -158,11 +158,11 @@ def _logfmt_quote(text: str) -> str:
 
 
 class JournalLogger:
-    """Send entries to journald; falls back to `fallback` when it cannot.
+    """Sender of entries to journald, or to `fallback` when that fails.
 
     A failed send (journald not running, socket full) writes the entry as
-    one JSON line to `fallback` so no event is lost silently, and the first
-    failure says so on that stream.
+    one JSON line to `fallback` so no event is lost silently; the line of
+    the first failure carries the error in `journal_error`.
     """
 
     def __init__(
@@ -187,7 +187,7 @@ class JournalLogger:
 
 
 def journal_stream_matches(stream: TextIO) -> bool:
-    """Whether `stream` is the journal stream systemd connected (JOURNAL_STREAM)."""
+    """Return whether `stream` is the journal stream systemd connected (JOURNAL_STREAM)."""
     value = os.environ.get("JOURNAL_STREAM", "")
     device, _, inode = value.partition(":")
     if not (device.isdigit() and inode.isdigit()):

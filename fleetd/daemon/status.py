@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 __all__ = ["SupervisorStatistics", "format_status"]
 
-# Longest last error kept in STATUS=, which `systemctl status` shows on one line.
+# Maximum length of the last error in STATUS=, which `systemctl status` shows
+# on one line.
 MAX_STATUS_ERROR = 200
 
 
