@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetd.config.model import Config, DaemonSettings, WorkflowSettings
+from fleetd.config.positions import locate_key
 from fleetd.config.schema import (
     DAEMON_KEYS,
     GLOBAL_NAME_PATTERN,
@@ -201,7 +202,7 @@ def _resolve_paths(
             try:
                 daemon["state"] = resolve_state_url(state, base)
             except ValueError as error:
-                errors.append(f"{path}: daemon.state: {error}")
+                errors.append(f"{at(path, ('daemon', 'state'))}: {error}")
         for key in ("safe_path", "plugin_dirs"):
             value = daemon.get(key)
             if isinstance(value, list):
@@ -219,7 +220,7 @@ def _resolve_paths(
     workflows = table.get("workflows")
     if not isinstance(workflows, dict):
         return
-    for settings in workflows.values():
+    for name, settings in workflows.items():
         if not isinstance(settings, dict):
             continue
         for key in ("path",):
@@ -231,11 +232,23 @@ def _resolve_paths(
                 try:
                     words = settings[key] = shlex.split(words)
                 except ValueError as error:
-                    errors.append(f"{path}: {key}: invalid command line: {error}")
+                    place = at(path, ("workflows", name, key))
+                    errors.append(f"{place}: invalid command line: {error}")
                     continue
             is_argv = isinstance(words, list) and words and isinstance(words[0], str)
             if is_argv and "/" in words[0]:
                 words[0] = _absolute(words[0], base)
+
+
+def at(path: Path, key_path: KeyPath) -> str:
+    """Format "file:line:col: dotted.key", or "file: dotted.key" when not found."""
+    key = ".".join(key_path)
+    position = locate_key(path, key_path)
+    if position is None:
+        return f"{path}: {key}"
+    line, column = position
+
+    return f"{path}:{line}:{column}: {key}"
 
 
 def _absolute(value: Any, base: Path) -> Any:
@@ -285,8 +298,10 @@ def _validate(
     errors: list[str],
 ) -> Config | None:
     def where(*key_path: str) -> str:
-        origin = origins.get(key_path) or conf_dir
-        return f"{origin}: {'.'.join(key_path)}"
+        origin = origins.get(key_path)
+        if origin is None:
+            return f"{conf_dir}: {'.'.join(key_path)}"
+        return at(origin, key_path)
 
     for name, value in merged.items():
         if name not in TOP_LEVEL_TABLES:

@@ -107,7 +107,8 @@ def test_exit_2_on_config_error(site: Site) -> None:
     path = site.write("10-bad.toml", "[daemon]\nmax_concurrency = -1\n")
     result = site.run("once")
     assert result.returncode == 2
-    assert f"{path}: daemon.max_concurrency: expected a whole number" in (result.stderr)
+    expected = f"{path}:2:1: daemon.max_concurrency: expected a whole number"
+    assert expected in result.stderr
     assert result.stdout == ""
 
 

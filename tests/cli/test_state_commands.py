@@ -136,7 +136,7 @@ def test_check_config_error_exits_2(site: Site) -> None:
     path = site.write("10-x.toml", "[daemon]\nnope = 1\n")
     result = site.run("check")
     assert result.returncode == 2
-    assert f"{path}: daemon.nope: unknown key" in result.stderr
+    assert f"{path}:2:1: daemon.nope: unknown key" in result.stderr
 
 
 def test_db_upgrade_creates_state(site: Site) -> None:
