@@ -2,11 +2,12 @@
 
 Argument counts follow FleetConf's Perl subs (`index` takes 2 or 3,
 `size` 0 or 1). Where FleetConf's wrapper had a bug, the function does
-what its name describes, and docs/agent-language.md lists each such case:
-`IsSocket` tests for a socket (FleetConf used -s), `ChangeDays` uses the
-inode change time (FleetConf used -A), `substr` works (FleetConf's
-wrapper modified a read-only value and died), `grep` filters by a pattern, `lstat`/`stat`
-return the 13 fields, and `join` also takes a separator and a list.
+what its name describes, and docs/agent-language.md lists each such case.
+`IsSocket` tests for a socket (FleetConf used -s), and `ChangeDays` uses
+the inode change time (FleetConf used -A). `substr` works, where
+FleetConf's wrapper modified a read-only value and died. `grep` filters by
+a pattern, `lstat` and `stat` return the 13 fields, and `join` also takes
+a separator and a list.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ class AgentCache:
     def load_many(self, paths: Iterable[str | Path]) -> dict[str, Agent | Exception]:
         """Load several files; return each one's `Agent`, or its error.
 
-        The error is the `AgentError` of an invalid file, or the `OSError` of
-        one that cannot be read. Python's cyclic garbage collector pauses for
+        The error is an `AgentError` for an invalid file, or an `OSError` for a
+        file that cannot be read. Python's cyclic garbage collector pauses for
         the whole batch, and is re-enabled only if it was enabled: parsing
         creates no reference cycles, but each full collection scans every
         agent already loaded, which took a third of the time of loading

@@ -3,9 +3,11 @@
 Python's `%` operator shares most of `sprintf`'s conversions, but it
 numifies and stringifies differently: Perl's `%d` of "42abc" is 42. It
 also has no `%b` and no explicit argument indexes. So each conversion is
-formatted on its own, after Perl's conversion of the argument. `pack`/`unpack` cover the string and integer letters that
-command lines and record fields need (a A Z H h C c n N v V U w/o
-modifiers); other letters raise ValueError.
+formatted on its own, after Perl's conversion of the argument.
+
+`pack` and `unpack` cover the string and integer letters that command
+lines and record fields need: a A Z H h C c n N v V U w, without
+modifiers. Other letters raise ValueError.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 FleetConf agents were evaluated by Perl, so a value is a scalar (string or
 number), undefined, or a list. Truth, stringification and numification
 follow Perl 5, because agents rely on them: `"0"` is false, `"10" = "10.0"`
-holds and `0` interpolates as `0`.
+is true and `0` interpolates as `0`.
 """
 
 from __future__ import annotations
