@@ -209,7 +209,7 @@ def _resolve_paths(
                 daemon[key] = [_absolute(item, conf_dir) for item in value]
 
     # A global named *_dir or *_path is a path. These are the only globals
-    # whose meaning fleetd knows, and they let a drop-in point agents at
+    # that fleetd interprets, and they let a drop-in point agents at
     # folders beside it.
     variables = table.get("globals")
     if isinstance(variables, dict):

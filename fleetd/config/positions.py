@@ -3,7 +3,7 @@
 tomllib reports positions only for syntax errors. A value of the wrong type
 is found after parsing, so this module scans the file's lines for the
 table header or `key =` line that sets it. It understands table headers,
-dotted and quoted keys; a key set inside an inline table or a multi-line
+dotted and quoted keys. A key set inside an inline table or a multi-line
 value is reported at the nearest enclosing key that the scan finds.
 """
 
