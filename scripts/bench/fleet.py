@@ -290,6 +290,11 @@ def main() -> int:
     args = parser.parse_args()
     if not args.dsn:
         parser.error("--dsn is missing and FLEETD_TEST_PG_DSN is not set")
+    # Standard output carries only the results.
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(30),  # warnings
+    )
 
     data = measure(
         args.dsn,
