@@ -43,7 +43,15 @@ def perl_sprintf(template: Value, *args: Value) -> str:
         last = match.end()
         conv = match.group("conv")
         if conv == "%":
-            out.append(_pad("%", match.group("flags") or "", match.group("width")))
+            # Perl formats a literal % like a string: padded, and cut by a
+            # precision.
+            width_text = match.group("width")
+            width = int(width_text) if width_text and width_text != "*" else None
+            precision_text = match.group("precision")
+            percent = (
+                "%"[: int(precision_text or "0")] if precision_text is not None else "%"
+            )
+            out.append(_pad(percent, match.group("flags") or "", width))
             continue
         flags = match.group("flags") or ""
         width_text = match.group("width")
@@ -78,71 +86,76 @@ def perl_sprintf(template: Value, *args: Value) -> str:
     return "".join(out)
 
 
-def _pad(text: str, flags: str, width: str | None) -> str:
-    """Pad a literal `%` to its field width, as Perl does for `%5%`."""
-    if not width or width == "*":
+def _pad(text: str, flags: str, width: int | None, *, zero: bool = True) -> str:
+    """Pad `text` to `width` as Perl pads `%s`: left with `-`, zeros with `0`."""
+    if width is None or len(text) >= width:
         return text
     if "-" in flags:
-        return text.ljust(int(width))
-    return text.rjust(int(width), "0" if "0" in flags else " ")
+        return text.ljust(width)
+    fill = "0" if zero and "0" in flags else " "
+    return text.rjust(width, fill)
 
 
 def _format_one(
     conv: str, flags: str, width: int | None, precision: int | None, value: Value
 ) -> str:
-    spec = flags + (str(width) if width is not None else "")
     if conv == "s":
         text = render(value)
         if precision is not None:
             text = text[:precision]
-        return ("%" + spec.replace("0", "") + "s") % text if spec else text
+        return _pad(text, flags, width)
     if conv == "c":
         code = to_integer(value)
-        char = chr(code) if 0 <= code <= 0x10FFFF else "\ufffd"
-        return ("%" + spec.replace("0", "") + "s") % char
+        return _pad(chr(code) if 0 <= code <= 0x10FFFF else "\ufffd", flags, width)
     number = to_number(value)
+    infinite = isinstance(number, float) and (math.isinf(number) or math.isnan(number))
     if conv in "fFeEgG":
-        if isinstance(number, float) and (math.isinf(number) or math.isnan(number)):
-            return ("%" + spec.replace("0", "") + "s") % format_number(number)
+        if infinite:
+            return _pad(format_number(number), flags, width, zero=False)
+        spec = flags + (str(width) if width is not None else "")
         prec = "" if precision is None else f".{precision}"
         return ("%" + spec + prec + conv) % float(number)
-    if isinstance(number, float) and (math.isinf(number) or math.isnan(number)):
-        return ("%" + spec.replace("0", "") + "s") % (
-            "-1" if conv == "d" and number < 0 else format_number(number)
-        )
-    integer = int(number)
+    if infinite:
+        text = "-1" if conv == "d" and number < 0 else format_number(number)
+        return _pad(text, flags, width, zero=False)
+    return _format_integer(conv, flags, width, precision, int(number))
+
+
+_DIGIT_FORMATS = {"d": "d", "i": "d", "u": "d", "o": "o", "x": "x", "X": "X"}
+_PREFIXES = {"x": "0x", "X": "0X", "b": "0b", "B": "0B"}
+
+
+def _format_integer(
+    conv: str, flags: str, width: int | None, precision: int | None, integer: int
+) -> str:
+    """Format an integer conversion with C's rules, which Perl follows."""
     if conv in "uoxXbB" and integer < 0:
         integer &= (1 << 64) - 1
-    if conv in "bB":
-        digits = format(integer, "b")
-        if precision is not None:
-            digits = digits.zfill(precision)
-        if "#" in flags and integer:
-            digits = "0" + conv + digits
-        sign = ""
-    else:
-        python_conv = {"i": "d", "u": "d"}.get(conv, conv)
-        digits = ("%" + ("#" if "#" in flags else "") + python_conv) % abs(integer)
-        if precision is not None:
-            prefix = digits[:2] if digits[:2] in ("0x", "0X", "0o") else ""
-            digits = prefix + digits[len(prefix) :].zfill(precision)
-        if conv == "o" and "#" in flags:
-            digits = "0" + digits[2:] if digits.startswith("0o") else digits
-        sign = "-" if integer < 0 and conv in "di" else ""
-        if not sign and conv in "di":
-            if "+" in flags:
-                sign = "+"
-            elif " " in flags:
-                sign = " "
-    body = sign + digits
-    if width is not None and len(body) < width:
-        if "-" in flags:
-            body = body.ljust(width)
-        elif "0" in flags and precision is None:
-            body = sign + digits.rjust(width - len(sign), "0")
-        else:
-            body = body.rjust(width)
-    return body
+    sign = ""
+    if conv in "di":
+        if integer < 0:
+            sign = "-"
+        elif "+" in flags:
+            sign = "+"
+        elif " " in flags:
+            sign = " "
+    magnitude = abs(integer)
+    digits = format(magnitude, _DIGIT_FORMATS.get(conv, "b"))
+    # The # flag adds 0x or 0b only to a non-zero value.
+    prefix = _PREFIXES.get(conv, "") if "#" in flags and magnitude else ""
+    if precision is not None:
+        # A zero precision prints no digit for zero.
+        digits = "" if precision == 0 and magnitude == 0 else digits.zfill(precision)
+    if conv == "o" and "#" in flags and not digits.startswith("0"):
+        digits = "0" + digits
+    lead = sign + prefix
+    if width is None or len(lead) + len(digits) >= width:
+        return lead + digits
+    if "-" in flags:
+        return (lead + digits).ljust(width)
+    if "0" in flags and precision is None:
+        return lead + digits.rjust(width - len(lead), "0")
+    return (lead + digits).rjust(width)
 
 
 # Upper bound on a field width, precision or pack count, so that a typo such

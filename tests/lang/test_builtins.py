@@ -8,6 +8,7 @@ List results are compared joined with ",".
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from fleetd.lang import Registry, Scope, evaluate, parse_agent, render
 from fleetd.lang.ast import Assign
+from fleetd.lang.perlformat import perl_sprintf
 
 CASES: list[tuple[str, str]] = [
     ("chr(90)", "chr(90)"),
@@ -319,3 +321,28 @@ def test_misc_builtins() -> None:
     ]
     assert len(agent_value(f'stat("{__file__}")')) == 13  # type: ignore[arg-type]
     assert agent_value('stat("/nonexistent")') == []
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed")
+def test_sprintf_matches_perl_on_generated_formats() -> None:
+    generator = random.Random(7)
+    values = ["42", "-7", "3.14159", "0", "abc", "12abc", "1e3", "-0.5", "255", "65"]
+    cases = []
+    for _ in range(300):
+        flags = "".join(generator.sample("-+ 0#", generator.randint(0, 2)))
+        width = generator.choice(["", "1", "5", "10"])
+        precision = generator.choice(["", ".0", ".2", ".5"])
+        conversion = generator.choice("sdiuxXobeEfgGc%")
+        value = generator.choice(values)
+        if conversion == "c":
+            # Perl dies on %c of a negative number; fleetd gives U+FFFD.
+            precision = ""
+            value = generator.choice(["65", "0", "255", "3.14159"])
+        cases.append((f"%{flags}{width}{precision}{conversion}", value))
+    expected = perl_values([f"sprintf(q{{{fmt}}}, q{{{value}}})" for fmt, value in cases])
+    mismatches = []
+    for (fmt, value), want in zip(cases, expected, strict=True):
+        got = perl_sprintf(fmt, value)
+        if got != want:
+            mismatches.append(f"sprintf({fmt!r}, {value!r}): fleetd {got!r}, perl {want!r}")
+    assert mismatches == []
