@@ -117,6 +117,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
                         RETURN;
                     END IF;
                 END IF;
+                -- A held lock refuses the claim without the insert (and
+                -- without taking a token).
+                SELECT l.token, l.expires, l.agent, l.owner_host, l.owner_pid,
+                        l.owner_started, l.owner_instance, l.since, l.run_id
+                    INTO r_token, r_expires, r_agent, r_host, r_pid,
+                        r_started, r_instance, r_since, r_run_id
+                    FROM fleetd_locks l WHERE l.workflow = p_workflow
+                    AND l.record = p_record AND l.mnemonic = p_mnemonic;
+                IF FOUND THEN
+                    r_outcome := 'locked';
+                    RETURN NEXT;
+                    RETURN;
+                END IF;
                 INSERT INTO fleetd_locks AS l (workflow, record, mnemonic,
                     agent, owner_host, owner_pid, owner_started,
                     owner_instance, token, since, expires, run_id)

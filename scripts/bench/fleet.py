@@ -14,8 +14,12 @@ refused (`Locked`, `Done`) and skipped. A claim per second is one record
 committed: the number of records divided by the time from the start
 signal until the last process finished.
 
+With `--walk share`, each fleetd process tries only its own share of the
+records, as hosts whose record listings do not overlap would. The
+difference to the default shows what the refused claims cost.
+
 Usage: python scripts/bench/fleet.py [--dsn URL] [--records N]
-       [--repeat N] [--tasks N] [--json]
+       [--repeat N] [--tasks N] [--walk all|share] [--json]
 The DSN defaults to $FLEETD_TEST_PG_DSN.
 """
 
@@ -39,7 +43,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import structlog
 
-from fleetd.locks import Done, LockKey, Locked, LockManager, current_owner, open_store
+from fleetd.locks import Done, Locked, LockKey, LockManager, current_owner, open_store
 
 
 def schema_url(dsn: str, schema: str) -> str:
@@ -50,7 +54,7 @@ def schema_url(dsn: str, schema: str) -> str:
 
 
 async def fleetd_worker(
-    url: str, records: int, tasks: int, offset: int, start: Any, ready: Any
+    url: str, records: int, tasks: int, offset: int, walk: int, start: Any, ready: Any
 ) -> int:
     """Claim and commit every record not yet claimed; return how many."""
     store = open_store(url)
@@ -58,7 +62,7 @@ async def fleetd_worker(
     committed = 0
     try:
         async with LockManager(store, current_owner(), lease=60) as locks:
-            order = [(offset + n) % records for n in range(records)]
+            order = [(offset + n) % records for n in range(walk)]
             queue: asyncio.Queue[int] = asyncio.Queue()
             for record in order:
                 queue.put_nowait(record)
@@ -89,7 +93,7 @@ async def fleetd_worker(
 
 
 async def floor_worker(
-    url: str, records: int, tasks: int, offset: int, start: Any, ready: Any
+    url: str, records: int, tasks: int, offset: int, walk: int, start: Any, ready: Any
 ) -> int:
     """Claim rows with FOR UPDATE SKIP LOCKED until none is left."""
     pool = await asyncpg.create_pool(url, min_size=tasks, max_size=tasks)
@@ -127,6 +131,7 @@ def worker_main(
     records: int,
     tasks: int,
     offset: int,
+    walk: int,
     start: Any,
     ready: Any,
     results: Any,
@@ -135,7 +140,7 @@ def worker_main(
         wrapper_class=structlog.make_filtering_bound_logger(40)  # errors only
     )
     function = fleetd_worker if kind == "fleetd" else floor_worker
-    committed = asyncio.run(function(url, records, tasks, offset, start, ready))
+    committed = asyncio.run(function(url, records, tasks, offset, walk, start, ready))
     results.put((committed, time.monotonic()))
 
 
@@ -173,7 +178,7 @@ async def drop(dsn: str, schema: str) -> None:
 
 
 def measure_once(
-    kind: str, dsn: str, processes: int, records: int, tasks: int
+    kind: str, dsn: str, processes: int, records: int, tasks: int, share: bool
 ) -> float:
     """Run one measurement on a fresh schema; return claims per second."""
     schema = f"fleetd_bench_{secrets.token_hex(4)}"
@@ -182,6 +187,9 @@ def measure_once(
     start = context.Event()
     ready = context.Semaphore(0)
     results = context.Queue()
+    # With `share`, each fleetd process tries only its own part of the
+    # records, as hosts whose listings do not overlap would.
+    walk = -(-records // processes) if share else records
     workers = [
         context.Process(
             target=worker_main,
@@ -191,6 +199,7 @@ def measure_once(
                 records,
                 tasks,
                 i * records // processes,
+                walk,
                 start,
                 ready,
                 results,
@@ -228,11 +237,17 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def measure(
-    dsn: str, records: int, repeat: int, tasks: int, progress: Callable[[str], None]
+    dsn: str,
+    records: int,
+    repeat: int,
+    tasks: int,
+    share: bool,
+    progress: Callable[[str], None],
 ) -> dict[str, Any]:
     data: dict[str, Any] = {
         "records": records,
         "tasks_per_process": tasks,
+        "walk": "share" if share else "all",
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -246,7 +261,7 @@ def measure(
             # Alternate the order so drift on a shared machine hits both.
             kinds = ("fleetd", "floor") if run % 2 == 0 else ("floor", "fleetd")
             for kind in kinds:
-                rate = measure_once(kind, dsn, processes, records, tasks)
+                rate = measure_once(kind, dsn, processes, records, tasks, share)
                 samples[kind].append(rate)
                 progress(f"{kind} processes={processes} run={run + 1}: {rate:.0f}/s")
         fleetd = summarize(samples["fleetd"])
@@ -286,6 +301,12 @@ def main() -> int:
     parser.add_argument(
         "--tasks", type=int, default=8, help="concurrent claims per process"
     )
+    parser.add_argument(
+        "--walk",
+        choices=("all", "share"),
+        default="all",
+        help="records each fleetd process tries: all (default) or its own share",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     args = parser.parse_args()
     if not args.dsn:
@@ -301,6 +322,7 @@ def main() -> int:
         args.records,
         args.repeat,
         args.tasks,
+        args.walk == "share",
         lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:
