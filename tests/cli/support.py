@@ -19,9 +19,13 @@ def fleetd_command() -> list[str]:
 class Site:
     """A conf dir with its state store and spool under one temporary folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, spool: Path | None = None) -> None:
+        """Use `root`; with `spool`, an existing conf.d and spool are used as is."""
         self.root = root
         self.conf_dir = root / "conf.d"
+        if spool is not None:
+            self.spool = spool
+            return
         self.spool = root / "spool"
         self.conf_dir.mkdir()
         self.spool.mkdir()

@@ -23,11 +23,7 @@ def shipped(tmp_path: Path) -> Site:
     shutil.copytree(
         tmp_path / "examples/accounts/spool", tmp_path / "var/sandbox/spool"
     )
-    site = Site.__new__(Site)
-    site.root = tmp_path
-    site.conf_dir = tmp_path / "conf.d"
-    site.spool = tmp_path / "var/sandbox/spool"
-    return site
+    return Site(tmp_path, spool=tmp_path / "var/sandbox/spool")
 
 
 def outcomes(lines: list[dict], agent: str) -> dict[str | None, str]:

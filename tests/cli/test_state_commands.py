@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -185,3 +187,38 @@ def test_conf_dir_from_environment(site: Site, tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "from-env" in result.stdout
+
+
+def test_status_lists_held_lock(site: Site) -> None:
+    site.write(
+        "slow.agent",
+        "NAME Slow\nMNEMONIC slow\nWORKFLOW requests\n"
+        "EXEC_COMMAND touch @ROOT@/started\nEXEC_COMMAND sleep 30.5\n"
+        "CLEANUP\n  ECHO done\nEND\n",
+    )
+    site.request("held", status="approved")
+    process = subprocess.Popen(
+        fleetd_command() + ["--conf-dir", str(site.conf_dir), "once"],
+        cwd=site.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (site.root / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = site.run("status", "--json")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    [lock] = json.loads(result.stdout)["locks"]
+    assert lock["agent"] == "Slow"
+    assert lock["mnemonic"] == "slow"
+    assert lock["workflow"] == "requests"
+    assert lock["record"] == "held"
+    assert lock["owner"].endswith(f":{process.pid}")
+    assert lock["since"] <= lock["expires"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lock["since"])
