@@ -6,9 +6,11 @@ when it runs, so `fleetd --version` and `fleetd once` start fast.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 
+from fleetd import deferred_signals
 from fleetd.cli.common import CommandFailed
 from fleetd.cli.exits import EXIT_USAGE
 from fleetd.cli.parser import build_parser
@@ -31,8 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_target_sub is not None:
         args.log_target = args.log_target_sub
 
+    # Until the event loop receives them, SIGTERM and SIGINT only get
+    # recorded in `run` and `once`, so a stop during startup is graceful.
+    defer = args.command in ("run", "once")
     try:
-        return int(args.handler(args))
+        with deferred_signals.deferred() if defer else contextlib.nullcontext():
+            return int(args.handler(args))
     except CommandFailed as stop:
         return stop.status
     except KeyboardInterrupt:

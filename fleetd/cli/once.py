@@ -19,6 +19,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -130,54 +131,65 @@ async def run_cycles(
     """Run one cycle of each agent in `selected`, stopping on SIGTERM or SIGINT."""
     import anyio
 
+    from fleetd.daemon.signals import receive_signals
     from fleetd.runtime import Engine
 
-    async with Engine(
-        config, pretend=pretend, echo=output.echo, registry=registry
-    ) as engine:
-        stopping = anyio.Event()
-        async with anyio.create_task_group() as group:
-            group.start_soon(
-                watch_signals, engine, stopping, config.daemon.shutdown_grace
-            )
-            for loaded in selected:
-                if stopping.is_set():
-                    break
-                output.start_agent(loaded)
-                error_before = engine.statistics().last_error
-                await engine.run_cycle(loaded, on_report=output.report)
-                # The engine logs a cycle whose workflow could not be listed
-                # and records it as its last error; that fails `once` too.
-                if engine.statistics().last_error is not error_before:
-                    output.failed = True
-                output.end_agent()
-            group.cancel_scope.cancel()
+    # Receive signals before the state store opens: one that arrives while
+    # it opens waits in the queue and then stops the cycles gracefully.
+    with receive_signals((signal.SIGTERM, signal.SIGINT)) as signals:
+        async with Engine(
+            config, pretend=pretend, echo=output.echo, registry=registry
+        ) as engine:
+            stopping = anyio.Event()
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    watch_signals,
+                    signals,
+                    engine,
+                    stopping,
+                    config.daemon.shutdown_grace,
+                )
+                for loaded in selected:
+                    if stopping.is_set():
+                        break
+                    output.start_agent(loaded)
+                    error_before = engine.statistics().last_error
+                    await engine.run_cycle(loaded, on_report=output.report)
+                    # The engine logs a cycle whose workflow could not be
+                    # listed and records it as its last error; that fails
+                    # `once` too.
+                    if engine.statistics().last_error is not error_before:
+                        output.failed = True
+                    output.end_agent()
+                group.cancel_scope.cancel()
 
 
-async def watch_signals(engine: Engine, stopping: anyio.Event, grace: float) -> None:
+async def watch_signals(
+    signals: AsyncIterator[signal.Signals],
+    engine: Engine,
+    stopping: anyio.Event,
+    grace: float,
+) -> None:
     """Stop starting runs on the first signal; cancel runs after the grace."""
     import anyio
     import structlog
 
     log = structlog.get_logger()
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async for number in signals:
+        log.warning(
+            "shutdown_requested",
+            signal=signal.Signals(number).name,
+            grace_s=grace,
+        )
+        stopping.set()
+        engine.stop_starting()
+        break
+    with anyio.move_on_after(grace):
         async for number in signals:
-            log.warning(
-                "shutdown_requested",
-                signal=signal.Signals(number).name,
-                grace_s=grace,
-            )
-            stopping.set()
-            engine.stop_starting()
+            log.warning("shutdown_grace_skipped", signal=signal.Signals(number).name)
             break
-        with anyio.move_on_after(grace):
-            async for number in signals:
-                log.warning(
-                    "shutdown_grace_skipped", signal=signal.Signals(number).name
-                )
-                break
-        log.warning("runs_cancelled")
-        engine.cancel_runs()
+    log.warning("runs_cancelled")
+    engine.cancel_runs()
 
 
 class ProgressTerminal:

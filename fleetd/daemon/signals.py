@@ -17,6 +17,8 @@ from typing import Any
 
 import anyio
 
+from fleetd import deferred_signals
+
 __all__ = ["HANDLED_SIGNALS", "receive_signals"]
 
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -55,4 +57,7 @@ def receive_signals(
                     break
     """
     with _restore_handlers(signals), anyio.open_signal_receiver(*signals) as received:
+        # Signals that arrived before the receiver existed (see
+        # fleetd.deferred_signals) are delivered to it now.
+        deferred_signals.redeliver()
         yield received

@@ -1,0 +1,64 @@
+"""Hold SIGTERM and SIGINT from process start until the event loop receives them.
+
+`fleetd run` and `fleetd once` take a few hundred milliseconds to import
+their modules before the event loop listens for signals. A SIGTERM in that
+window would kill the process with the default action (exit status -15),
+and a SIGINT would raise KeyboardInterrupt in whatever was importing.
+Inside `deferred()`, a handler only records the signal. `redeliver`,
+called once the loop's receiver is in place, raises each recorded signal
+again, so the receiver handles it like any other: a graceful stop with
+exit status 0. A signal that arrives after the receiver closed is recorded
+and dropped when `deferred()` exits, because the process is stopping then.
+
+This module imports only the standard library, so the CLI can enter
+`deferred()` before it imports anything heavy. Blocking the signals with
+`pthread_sigmask` instead would be inherited by threads and by the
+programs that agents run, which must stay killable with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+__all__ = ["deferred", "redeliver"]
+
+_pending: list[int] = []
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    _pending.append(signum)
+
+
+@contextmanager
+def deferred(
+    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+) -> Iterator[None]:
+    """Record `signals` instead of acting on them; restore the handlers on exit.
+
+    Outside the main thread, where Python cannot set signal handlers, this
+    does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    for signum in signals:
+        signal.signal(signum, _record)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        _pending.clear()
+
+
+def redeliver() -> None:
+    """Raise again, in order, every signal recorded inside `deferred()`."""
+    pending = list(_pending)
+    _pending.clear()
+    for signum in pending:
+        signal.raise_signal(signum)
