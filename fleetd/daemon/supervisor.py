@@ -11,10 +11,11 @@ Reload (SIGHUP). Everything is read and validated before anything changes:
 the TOML drop-ins first (an error keeps the whole old configuration), then
 the agents, where the loader keeps the previous version of an agent whose
 file became invalid. Only then are the new settings given to the Engine and
-the new agent versions put into the slots. A cycle in progress keeps the
-`LoadedAgent` it started with, so its runs finish on their old version and
-keep their locks; the next cycle takes the new version. A removed agent's
-coroutine ends after its cycle in progress. SIGHUPs that arrive during a
+the new agent versions put into the slots. Runs in flight finish on the
+version they started with and keep their locks; every run that starts later,
+in the cycle in progress or the next one, takes the new version. A removed
+agent's cycle starts no further run, and its coroutine ends once its runs in
+flight end. SIGHUPs that arrive during a
 reload set one flag, so they add up to a single reload after it.
 
 Stop (SIGTERM, SIGINT). No cycle starts and the Engine starts no run
@@ -68,7 +69,11 @@ class EngineLike(Protocol):
     def reconfigure(self, config: Config) -> None: ...
 
     async def run_cycle(
-        self, loaded: LoadedAgent, on_report: Callable[[RunReport], None] | None = None
+        self,
+        loaded: LoadedAgent,
+        on_report: Callable[[RunReport], None] | None = None,
+        *,
+        current: Callable[[], LoadedAgent | None] | None = None,
     ) -> list[RunReport]: ...
 
     def stop_starting(self) -> None: ...
@@ -439,17 +444,18 @@ class Supervisor:
             if self._stopping.is_set() or not slot.active:
                 break
 
-            # One cycle, on the version loaded now; a reload during it
-            # changes only the cycles after it.
-            # NOTE: a cycle over many records keeps starting runs on the old
-            # version (or of a removed agent) until it ends, because
-            # Engine.run_cycle takes one LoadedAgent for the whole cycle.
-            # Per-run switching needs run_cycle to ask for the current version.
+            # One cycle. Each run starts on the version loaded at its start,
+            # so a reload during a long cycle changes the runs after it;
+            # runs in flight finish on their own version.
             loaded = slot.loaded
             slot.start_cycle()
             started = anyio.current_time()
             try:
-                await self._engine.run_cycle(loaded, on_report=self._on_report)
+                await self._engine.run_cycle(
+                    loaded,
+                    on_report=self._on_report,
+                    current=lambda: slot.loaded if slot.active else None,
+                )
             except Exception as exc:  # noqa: BLE001 - one agent failing must not stop others
                 self._last_error = f"{slot.name}: cycle failed: {exc}"
                 agent_log.exception("cycle_failed", error=str(exc))

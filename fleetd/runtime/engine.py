@@ -179,11 +179,20 @@ class Engine:
         return reports
 
     async def run_cycle(
-        self, loaded: LoadedAgent, on_report: OnReport | None = None
+        self,
+        loaded: LoadedAgent,
+        on_report: OnReport | None = None,
+        *,
+        current: Callable[[], LoadedAgent | None] | None = None,
     ) -> list[RunReport]:
         """Run one cycle of one agent and return the report of every record.
 
         `on_report` is called with each report as soon as its run ends.
+        `current`, when given, returns the agent's version in force now: each
+        run starts on that version, so a reload during a long cycle takes
+        effect from the next record on. The cycle ends early when it returns
+        None (the agent was removed or unscheduled) or a version with another
+        workflow or mnemonic, whose records this cycle did not list.
         """
         agent = loaded.agent
         reports: list[RunReport] = []
@@ -229,7 +238,11 @@ class Engine:
                 async with self._limiter:
                     if self._stopping:
                         break
-                    run = await self._start_one(loaded, record, workflow, settings)
+                    version = loaded if current is None else current()
+                    if not _same_cycle(loaded, version):
+                        break
+                    assert version is not None
+                    run = await self._start_one(version, record, workflow, settings)
                 if not run.locked:
                     await self._finish_one(run, publish)
                     continue
@@ -333,3 +346,13 @@ class Engine:
             runs_done=self._runs_done,
             last_error=self._last_error,
         )
+
+
+def _same_cycle(started: LoadedAgent, version: LoadedAgent | None) -> bool:
+    """Whether runs of `version` may go on in a cycle begun with `started`."""
+    return (
+        version is not None
+        and version.scheduled
+        and version.agent.workflow == started.agent.workflow
+        and version.agent.mnemonic == started.agent.mnemonic
+    )

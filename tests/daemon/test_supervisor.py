@@ -126,7 +126,11 @@ class FakeEngine:
         self.configs.append(config)
 
     async def run_cycle(
-        self, loaded: LoadedAgent, on_report: Callable[[RunReport], None] | None = None
+        self,
+        loaded: LoadedAgent,
+        on_report: Callable[[RunReport], None] | None = None,
+        *,
+        current: Callable[[], LoadedAgent | None] | None = None,
     ) -> list[RunReport]:
         name = loaded.agent.name
         if self.stopping:

@@ -384,3 +384,51 @@ async def test_null_cycles_never_overlap(fleet: Fleet) -> None:
     outcomes = sorted(report.outcome.value for report in reports)
     assert outcomes == ["committed", "locked"]
     assert all(report.record is None for report in reports)
+
+
+async def test_cycle_switches_version_between_runs(fleet: Fleet) -> None:
+    for number in range(3):
+        fleet.record(f"v{number}")
+    version_one = """
+        NAME     Versioned
+        MNEMONIC versioned
+        WORKFLOW requests
+        ECHO one ${this.id}
+        """
+    fleet.agent(version_one)
+    old = fleet.load().agents["Versioned"]
+    fleet.agent(version_one.replace("ECHO one", "ECHO two"))
+    new = fleet.load().agents["Versioned"]
+    seen: list[str] = []
+
+    def current() -> Any:
+        # The reload lands once the first run has been handed out.
+        seen.append("asked")
+        return old if len(seen) == 1 else new
+
+    async with fleet.engine() as engine:
+        reports = await engine.run_cycle(old, current=current)
+
+    assert [r.outcome for r in reports] == [Outcome.COMMITTED] * 3
+    assert fleet.echoed == ["one v0", "two v1", "two v2"]
+
+
+async def test_cycle_ends_when_agent_removed(fleet: Fleet) -> None:
+    for number in range(3):
+        fleet.record(f"r{number}")
+    fleet.agent(
+        """
+        NAME     Removed
+        MNEMONIC removed
+        WORKFLOW requests
+        ECHO ran ${this.id}
+        """
+    )
+    loaded = fleet.load().agents["Removed"]
+    versions = iter([loaded, None, None])
+
+    async with fleet.engine() as engine:
+        reports = await engine.run_cycle(loaded, current=lambda: next(versions))
+
+    assert [r.record for r in reports] == ["r0"]
+    assert fleet.echoed == ["ran r0"]
