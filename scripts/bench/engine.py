@@ -1,6 +1,6 @@
 """Measure the engine and program execution beside floors in the same process.
 
-Four measurements, each repeated (default 5 times, alternating with its
+Three measurements, each repeated (default 5 times, alternating with its
 floor so both see the same machine noise):
 
 - engine, in-process commands: records per second through Requirements,
@@ -9,17 +9,18 @@ floor so both see the same machine noise):
   the same durable writes per record (one claim transaction and one
   resolution transaction, each committed and synced) one record after
   another.
-- engine, Run of one /bin/true: the same records with `EXEC_COMMAND true`,
-  against plain `asyncio.create_subprocess_exec` of /bin/true at the same
-  concurrency, on the faster of the stdlib asyncio loop and uvloop.
-- exec: `fleetd.runtime.process.run_program` of /bin/true at concurrency 1
-  and 8 against the same subprocess floor.
+- exec: the same records with `EXEC_COMMAND true` at CONCURRENCY 1 and 8
+  (and 8 on uvloop), against plain `asyncio.create_subprocess_exec` of
+  /bin/true at the same concurrency, on the faster of the stdlib asyncio
+  loop and uvloop. `fleetd.runtime.process.run_program` alone is measured
+  against the same floor, to tell spawning from the rest of a run.
 
 Records come from an in-memory workflow (commit does nothing) so that the
 numbers show the runtime and the state store, not a workflow's own
 writes. Logging is filtered at warning, as `log_level = "warning"` would.
 
-Usage: python scripts/bench/engine.py [--repeat N] [--records N] [--json]
+Usage: python -m scripts.bench.engine [--repeat N] [--records N] [--spawns N]
+       [--only engine|exec] [--json]
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +46,14 @@ from fleetd.runtime import Engine, Outcome, initialize
 from fleetd.runtime.loop import pidfd_child_watcher
 from fleetd.runtime.process import run_program
 from fleetd.workflows import Record, Workflow
+from scripts.bench.common import (
+    format_machine,
+    machine,
+    print_ratios,
+    print_rows,
+    ratio_of,
+    summarize,
+)
 
 try:
     import uvloop
@@ -265,15 +272,7 @@ def on_loop(loop: str, function: Callable[..., Awaitable[float]], *args: Any) ->
     return asyncio.run(function(*args))
 
 
-def summarize(values: list[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def measure(repeat: int, records: int, spawns: int) -> dict[str, Any]:
+def measure(repeat: int, records: int, spawns: int, only: set[str]) -> dict[str, Any]:
     loops = ["asyncio"] + (["uvloop"] if uvloop is not None else [])
     samples: dict[str, list[float]] = {}
 
@@ -281,13 +280,32 @@ def measure(repeat: int, records: int, spawns: int) -> dict[str, Any]:
         samples.setdefault(name, []).append(value)
 
     for _ in range(repeat):
-        add("engine_inprocess", anyio.run(engine_rate, IN_PROCESS_AGENT, records, 64))
-        add("sqlite_floor", sqlite_floor_rate(records))
-        for concurrency in (1, 8):
-            if concurrency == 8:
-                add("engine_exec_c8", anyio.run(engine_rate, EXEC_AGENT, spawns, 8))
+        if "engine" in only:
             add(
-                f"exec_c{concurrency}",
+                "engine_inprocess",
+                anyio.run(engine_rate, IN_PROCESS_AGENT, records, 64),
+            )
+            add("sqlite_floor", sqlite_floor_rate(records))
+        if "exec" not in only:
+            continue
+        for concurrency in (1, 8):
+            add(
+                f"engine_exec_c{concurrency}",
+                anyio.run(engine_rate, EXEC_AGENT, spawns, concurrency),
+            )
+            if concurrency == 8 and uvloop is not None:
+                add(
+                    "engine_exec_c8_uvloop",
+                    anyio.run(
+                        engine_rate,
+                        EXEC_AGENT,
+                        spawns,
+                        concurrency,
+                        backend_options={"use_uvloop": True},
+                    ),
+                )
+            add(
+                f"run_program_c{concurrency}",
                 on_loop("asyncio", run_program_rate, spawns, concurrency),
             )
             for loop in loops:
@@ -297,63 +315,66 @@ def measure(repeat: int, records: int, spawns: int) -> dict[str, Any]:
                 )
 
     results = {name: summarize(values) for name, values in samples.items()}
-    for concurrency in (1, 8):
-        best = max(
-            (f"subprocess_floor_c{concurrency}_{loop}" for loop in loops),
-            key=lambda name: results[name]["median"],
+    # The floor of each concurrency is the faster loop's, by median.
+    floors: dict[str, str] = {}
+    if "exec" in only:
+        for concurrency in (1, 8):
+            floors[f"subprocess_floor_c{concurrency}"] = max(
+                (f"subprocess_floor_c{concurrency}_{loop}" for loop in loops),
+                key=lambda name: results[name]["median"],
+            )
+    pairs = {}
+    if "engine" in only:
+        pairs["engine, in-process / SQLite floor"] = (
+            "engine_inprocess",
+            "sqlite_floor",
+            0.5,
         )
-        results[f"subprocess_floor_c{concurrency}"] = {
-            **results[best],
-            "loop": best.rsplit("_", 1)[1],
-        }
-    # Ratios of the medians, and the median of each round's own ratio: the
-    # second cancels most of the noise that other load on the machine adds.
-    pairs = {
-        "engine_inprocess / sqlite_floor": ("engine_inprocess", "sqlite_floor"),
-        "engine_exec_c8 / subprocess_floor_c8": (
-            "engine_exec_c8",
-            "subprocess_floor_c8",
-        ),
-        "exec_c1 / subprocess_floor_c1": ("exec_c1", "subprocess_floor_c1"),
-        "exec_c8 / subprocess_floor_c8": ("exec_c8", "subprocess_floor_c8"),
+    if "exec" in only:
+        for concurrency in (1, 8):
+            floor = floors[f"subprocess_floor_c{concurrency}"]
+            pairs[f"engine, /bin/true, {concurrency} at once / floor"] = (
+                f"engine_exec_c{concurrency}",
+                floor,
+                0.8,
+            )
+            pairs[f"run_program, {concurrency} at once / floor"] = (
+                f"run_program_c{concurrency}",
+                floor,
+                0.8,
+            )
+    ratios = {
+        label: {**ratio_of(samples[measured], samples[floor]), "target": target}
+        for label, (measured, floor, target) in pairs.items()
     }
-    ratios = {}
-    for label, (measured, floor) in pairs.items():
-        floor_samples = (
-            samples.get(floor) or samples[f"{floor}_{results[floor]['loop']}"]
-        )
-        per_round = [
-            value / base for value, base in zip(samples[measured], floor_samples)
-        ]
-        ratios[label] = {
-            "of_medians": results[measured]["median"] / results[floor]["median"],
-            **{f"paired_{k}": v for k, v in summarize(per_round).items()},
-        }
 
     return {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": machine(),
         "repeat": repeat,
         "records": records,
         "spawns": spawns,
         "results": results,
+        "floors": floors,
         "ratios": ratios,
     }
 
 
 def print_table(data: dict[str, Any]) -> None:
-    print(f"{'measurement':40} {'median/s':>10} {'min/s':>10} {'max/s':>10}")
-    for name, values in data["results"].items():
-        loop = f" ({values['loop']})" if "loop" in values else ""
-        print(
-            f"{name + loop:40} {values['median']:10.0f} {values['min']:10.0f}"
-            f" {values['max']:10.0f}"
-        )
-    print(f"{'ratio':40} {'medians':>10} {'paired':>10} {'min':>6} {'max':>6}")
-    for name, ratio in data["ratios"].items():
-        print(
-            f"{name:40} {ratio['of_medians']:10.2f} {ratio['paired_median']:10.2f}"
-            f" {ratio['paired_min']:6.2f} {ratio['paired_max']:6.2f}"
-        )
+    print(format_machine(data["machine"]))
+    floors = set(data["floors"].values())
+    print_rows(
+        "records or programs per second",
+        [
+            (name + (" (faster floor)" if name in floors else ""), values, "/s")
+            for name, values in data["results"].items()
+        ],
+    )
+    print_ratios(
+        [
+            (label, ratio, f">= {ratio['target']}")
+            for label, ratio in data["ratios"].items()
+        ]
+    )
 
 
 def main() -> None:
@@ -365,13 +386,19 @@ def main() -> None:
     parser.add_argument(
         "--spawns", type=int, default=400, help="programs per exec measurement"
     )
+    parser.add_argument(
+        "--only",
+        choices=["engine", "exec"],
+        help="run only the in-process engine or only the program measurements",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     options = parser.parse_args()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    data = measure(options.repeat, options.records, options.spawns)
+    only = {options.only} if options.only else {"engine", "exec"}
+    data = measure(options.repeat, options.records, options.spawns, only)
     if options.json:
         print(json.dumps(data, indent=2))
     else:

@@ -1,0 +1,1 @@
+"""Maintenance scripts of fleetd: benchmarks and soak tests."""
