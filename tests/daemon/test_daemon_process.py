@@ -523,3 +523,25 @@ EXEC_COMMAND printf "first line\\nsecond line\\n"
     assert first[0]["__CURSOR"] != second[0]["__CURSOR"]
     assert first[0]["PRIORITY"] == "6"
     assert first[0]["RUN_ID"] == entry["RUN_ID"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ownership checks apply to root")
+def test_writable_agent_file_rejected_and_logged(root: Path, daemon: Daemon) -> None:
+    conf_dir = root / "conf.d"
+    write_settings(conf_dir, root)
+    (conf_dir / "tick.agent").write_text(
+        "NAME Tick\nMNEMONIC tick\nSCHEDULE every 1s\nECHO tick\n"
+    )
+    loose = conf_dir / "loose.agent"
+    loose.write_text("NAME Loose\nMNEMONIC loose\nSCHEDULE every 1s\nECHO loose\n")
+    loose.chmod(0o666)
+    daemon.start()
+    daemon.wait_notify(lambda m: m.get("READY") == "1")
+    daemon.wait_line("tick")
+
+    rejected = daemon.log_events("file_rejected")
+    assert rejected
+    assert "loose.agent" in rejected[0]["error"]
+    assert "loose" not in daemon.stdout_lines()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
