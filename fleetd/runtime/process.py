@@ -12,7 +12,10 @@ argument. This module adds what a shell would otherwise decide:
 - stdout and stderr are read concurrently, line by line, and each line is
   logged at info. A line longer than `MAX_LINE_BYTES` is cut and the number
   of bytes cut is logged, so a program printing without newlines cannot
-  grow memory. The event loop reads each pipe as data arrives, so a full
+  grow memory. Past `MAX_LOGGED_BYTES` of output, lines are only counted:
+  one `program_output_cut` warning gives the count, and the last
+  `CAPTURE_LINES` lines follow it, so a program printing 100 MB cannot
+  flood the log or keep the run busy formatting log events. The event loop reads each pipe as data arrives, so a full
   pipe never blocks the program.
 - Cancellation (a TIMEOUT, a PARALLEL sibling failing, shutdown) sends
   SIGTERM to the group, then SIGKILL after `kill_grace` seconds, and waits
@@ -49,6 +52,9 @@ import anyio
 import structlog
 
 MAX_LINE_BYTES = 8192  # longer output lines are cut
+# Output of one program logged line by line, stdout and stderr together;
+# past it, only the count and the last CAPTURE_LINES lines are logged.
+MAX_LOGGED_BYTES = 1 << 20
 READ_CHUNK = 65536
 CAPTURE_LINES = 50  # lines of output kept in the result, the last ones
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -144,8 +150,22 @@ def check_arguments(argv: Sequence[str]) -> None:
             )
 
 
+class _LogBudget:
+    """Bytes of output one program may still have logged, for both pipes."""
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+
+
 class _OutputReader:
-    """Split one pipe into lines, log each, keep the last ones."""
+    """Split one pipe into lines, log each, keep the last ones.
+
+    Once the program's output exceeds its `_LogBudget`, lines are no longer
+    decoded or logged one by one: they are counted, and only the last
+    `CAPTURE_LINES` are kept. `close` then logs `program_output_cut` with
+    the count of lines and bytes past the budget, followed by those last
+    lines, so the end of the output, where errors usually are, is logged.
+    """
 
     def __init__(
         self,
@@ -153,13 +173,18 @@ class _OutputReader:
         log: Any,
         capture: deque[str],
         redact: Callable[[str], str] | None = None,
+        budget: _LogBudget | None = None,
     ) -> None:
         self.stream = stream
         self.log = log
         self.capture = capture
         self.redact = redact
+        self.budget = budget if budget is not None else _LogBudget(MAX_LOGGED_BYTES)
         self.pending = bytearray()
         self.cut = 0  # bytes dropped from the current line
+        self.tail: deque[bytes] | None = None  # the last lines, once over budget
+        self.skipped_lines = 0
+        self.skipped_bytes = 0
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", errors="replace").rstrip("\r")
@@ -175,16 +200,40 @@ class _OutputReader:
         self.capture.append(text)
 
     def feed(self, data: bytes) -> None:
+        if self.tail is not None:
+            self._feed_over_budget(data)
+            return
         start = 0
         while True:
             end = data.find(b"\n", start)
             if end < 0:
                 break
             self._add(data[start:end])
+            self.budget.remaining -= len(self.pending) + self.cut + 1
             self._emit(bytes(self.pending))
             self.pending.clear()
             start = end + 1
+            if self.budget.remaining <= 0:
+                self.tail = deque(maxlen=CAPTURE_LINES)
+                self._feed_over_budget(data[start:])
+                return
         self._add(data[start:])
+
+    def _feed_over_budget(self, data: bytes) -> None:
+        """Count the lines of `data` and keep the last ones, without logging."""
+        assert self.tail is not None
+        self.skipped_bytes += len(data)
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._add(data)
+            return
+        lines = data[:last].split(b"\n")
+        self.skipped_lines += len(lines)
+        self._add(lines[0])
+        lines[0] = bytes(self.pending)
+        self.pending.clear()
+        self.tail.extend(line[:MAX_LINE_BYTES] for line in lines[-CAPTURE_LINES:])
+        self._add(data[last + 1 :])
 
     def _add(self, piece: bytes) -> None:
         room = MAX_LINE_BYTES - len(self.pending)
@@ -194,6 +243,26 @@ class _OutputReader:
         self.pending += piece
 
     def close(self) -> None:
+        if self.tail is not None:
+            if self.pending:
+                self.skipped_lines += 1
+                self.tail.append(bytes(self.pending))
+                self.pending.clear()
+            # `lines` and `bytes` count all output past the budget, the
+            # last `tail_lines` of which are logged after this event.
+            self.log.warning(
+                "program_output_cut",
+                stream=self.stream,
+                lines=self.skipped_lines,
+                bytes=self.skipped_bytes,
+                tail_lines=len(self.tail),
+                max_logged_bytes=MAX_LOGGED_BYTES,
+            )
+            self.cut = 0
+            for line in self.tail:
+                self._emit(line[:MAX_LINE_BYTES])
+            self.tail.clear()
+            return
         if self.pending or self.cut:
             self._emit(bytes(self.pending))
             self.pending.clear()
@@ -303,9 +372,10 @@ async def run_program(
 
     capture: deque[str] = deque(maxlen=CAPTURE_LINES)
     program_log = _LazyBound(log)
+    budget = _LogBudget(MAX_LOGGED_BYTES)
     protocol = _ProgramProtocol(
-        _OutputReader("stdout", program_log, capture, redact),
-        _OutputReader("stderr", program_log, capture, redact),
+        _OutputReader("stdout", program_log, capture, redact, budget),
+        _OutputReader("stderr", program_log, capture, redact, budget),
     )
     loop = asyncio.get_running_loop()
     try:
