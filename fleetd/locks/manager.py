@@ -4,7 +4,7 @@ A run takes its lock with `LockManager.begin`, which returns a
 `Transaction`. The transaction contains the staged `this.*` changes and the
 hooks that commands register, and it ends in exactly one resolution:
 commit, rollback or commit with error. The resolution is written with the
-grant's fencing token; the store rejects it (`LeaseLost`) when the token is
+grant's fencing token. The store rejects it (`LeaseLost`) when the token is
 no longer the lock's, and then nothing is written.
 
 While the manager is entered, one background task renews the leases of all

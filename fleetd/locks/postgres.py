@@ -2,19 +2,21 @@
 
 Claims are atomic under concurrency because the lock row's primary key
 decides them: `INSERT ... ON CONFLICT DO NOTHING` grants to exactly one
-claimant. The mark is read after the insert, in the same transaction,
+claimant. The mark is read again after the insert, in the same transaction,
 so a claim that raced a commit either waits for that commit and reads its
 mark, or finds no commit at all. Lease times come from the database clock
 (`now()`), never from a host's clock. Tokens come from a sequence, so they
 only grow. A resolution locks the row (`FOR UPDATE`), checks the token and
 the expiry, runs `in_transaction` (a workflow's `UPDATE`) and writes the
-mark and history, all in one transaction.
+mark and history, all in one transaction. Claims and resolutions without
+`in_transaction` run as PL/pgSQL functions (`fleetd_acquire`,
+`fleetd_resolve`), so each costs one round trip.
 
 Connection loss (a restart, a failover, a cut network) is retried with
 backoff and jitter, for as long as it lasts: a run waits, and nothing is
 reported written before PostgreSQL acknowledged the commit. A commit whose
-acknowledgement was lost is retried too; the retry finds its own result
-(the lock it was granted, the history row of its token) instead of
+acknowledgement was lost is retried too. The retry then finds its own
+result (the lock it was granted, the history row of its token) instead of
 failing.
 """
 

@@ -9,8 +9,8 @@ concurrent tasks per process, on a fresh schema.
 
 Each fleetd process walks all records, starting at its own offset
 (process i of n at record i * records / n), so processes meet only at the
-end of their share; a record another process holds or committed is
-refused (`Locked`, `Done`) and skipped. A claim per second is one record
+end of their share. A record that another process has locked or
+committed is refused (`Locked`, `Done`) and skipped. A claim per second is one record
 committed: the number of records divided by the time from the start
 signal until the last process finished.
 
