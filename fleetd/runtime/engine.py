@@ -93,6 +93,9 @@ class Engine:
         self.store: StateStore = open_store(config.daemon.state)
         self.locks = LockManager(self.store, self.owner, lease=config.daemon.lease)
         self._workflows: dict[str, Workflow] = {}
+        # Workflows replaced by `reconfigure`, closed with the engine because
+        # runs in flight may still use them.
+        self._retired: list[Workflow] = []
         self._limiter = anyio.CapacityLimiter(config.daemon.max_concurrency)
         self._run_scopes: set[anyio.CancelScope] = set()
         self._stopping = False
@@ -130,12 +133,29 @@ class Engine:
             await self.locks.__aexit__(exc_type, exc, traceback)
         finally:
             with anyio.CancelScope(shield=True):
+                await self._close_workflows()
                 await self.store.close()
             self._watcher.__exit__(None, None, None)
+
+    async def _close_workflows(self) -> None:
+        """Close the workflows that hold connections (an `aclose` method)."""
+        workflows, self._retired = [*self._retired, *self._workflows.values()], []
+        self._workflows = {}
+        for workflow in workflows:
+            aclose = getattr(workflow, "aclose", None)
+            if aclose is None:
+                continue
+            try:
+                await aclose()
+            except Exception as error:  # noqa: BLE001 - closing the rest matters more
+                logger.warning(
+                    "workflow_close_failed", workflow=workflow.name, error=repr(error)
+                )
 
     def reconfigure(self, config: Config) -> None:
         """Use `config` for the workflows and settings of runs that start later."""
         self.config = config
+        self._retired.extend(self._workflows.values())
         self._workflows = {}
         self._limiter.total_tokens = config.daemon.max_concurrency
 

@@ -37,7 +37,16 @@ import structlog
 from fleetd.config.secrets import is_secret
 from fleetd.lang import Registry, Scope, Value, render
 from fleetd.lang.ast import Agent, Phase
-from fleetd.locks import Done, LeaseLost, Locked, LockKey, LockManager, Resolution
+from fleetd.locks import (
+    Done,
+    InTransaction,
+    LeaseLost,
+    Locked,
+    LockKey,
+    LockManager,
+    Resolution,
+)
+from fleetd.locks.manager import Apply
 from fleetd.runtime.interpreter import RunState
 from fleetd.runtime.phases import (
     NO_CLEANUP_COMMAND,
@@ -362,6 +371,7 @@ async def _run(
             state,
             record,
             workflow,
+            shares_store=_shares_store(workflow, settings),
             run_succeeded=run_succeeded,
             cleanup_succeeded=cleanup_succeeded,
             run_reason=run_reason,
@@ -372,11 +382,33 @@ async def _run(
     return finish
 
 
+def _shares_store(workflow: Workflow, settings: RunSettings) -> bool:
+    """Tell whether the workflow's commit can run in the store's transaction."""
+    shares = getattr(workflow, "shares_store", None)
+    if settings.locks is None or shares is None:
+        return False
+
+    return bool(shares(settings.locks.store))
+
+
+def _write_in_transaction(
+    workflow: Workflow, record: Record, staged: dict[str, Any]
+) -> InTransaction:
+    changes = dict(staged)
+    commit_in_transaction = workflow.commit_in_transaction  # type: ignore[attr-defined]
+
+    async def write(connection: Any) -> None:
+        await commit_in_transaction(connection, record, changes)
+
+    return write
+
+
 async def _resolve(
     state: RunState,
     record: Record,
     workflow: Workflow,
     *,
+    shares_store: bool,
     run_succeeded: bool,
     cleanup_succeeded: bool,
     run_reason: str | None,
@@ -388,15 +420,23 @@ async def _resolve(
     for field_name, value in state.staged.items():
         transaction.stage(field_name, value)
 
-    async def apply(changes: dict[str, Any]) -> None:
+    async def write(changes: dict[str, Any]) -> None:
         await workflow.commit(record, changes)
+
+    # A workflow on the store's database writes its UPDATE inside the
+    # resolution transaction, so the changes and the mark commit together.
+    apply: Apply | None = write
+    in_transaction: InTransaction | None = None
+    if shares_store and transaction.staged:
+        apply = None
+        in_transaction = _write_in_transaction(workflow, record, transaction.staged)
 
     try:
         if run_succeeded:
             if not cleanup_succeeded:
                 logger.warning("cleanup_failed", reason=cleanup_reason)
             try:
-                await transaction.commit(apply)
+                await transaction.commit(apply, in_transaction=in_transaction)
             except LeaseLost:
                 raise
             except Exception as error:  # noqa: BLE001 - resolved as error below
@@ -416,7 +456,19 @@ async def _resolve(
         reason = run_reason
         if cleanup_reason:
             reason = f"{run_reason}; cleanup: {cleanup_reason}"
-        await transaction.commit_with_error(apply, reason=reason)
+        if in_transaction is None:
+            await transaction.commit_with_error(apply, reason=reason)
+            return Outcome.ERROR, reason
+        try:
+            await transaction.commit_with_error(
+                None, reason=reason, in_transaction=in_transaction
+            )
+        except LeaseLost:
+            raise
+        except Exception as error:  # noqa: BLE001 - marked in error without changes
+            logger.error("apply_failed", error=repr(error))
+            reason = f"{reason}; applying staged changes failed: {error}"
+            await transaction.commit_with_error(None, reason=reason)
         return Outcome.ERROR, reason
     except LeaseLost:
         return Outcome.ERROR, "lease lost"
