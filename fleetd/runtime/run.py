@@ -61,6 +61,11 @@ from fleetd.workflows.base import Record, Workflow
 
 logger = structlog.get_logger()
 
+# Records whose fields nest deeper are invalid: copying a record and
+# evaluating expressions on it recurse once per level, and on CPython 3.11
+# a record nested 600 levels deep exceeded the recursion limit.
+MAX_NESTING = 64
+
 
 @dataclass(slots=True)
 class RunSettings:
@@ -109,6 +114,27 @@ def secret_values(variables: Mapping[str, Value]) -> tuple[str, ...]:
         if is_secret(name) and isinstance(value, (str, int, float))
     }
     return tuple(sorted((text for text in texts if text), key=len, reverse=True))
+
+
+def nesting_depth(value: Any) -> int:
+    """Return how deeply lists and dicts nest in `value` (a scalar is 0).
+
+    Iterative, because the value may nest deeper than Python's recursion limit.
+    """
+    depth = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth = max(depth, level + 1)
+        stack.extend((child, level + 1) for child in children)
+
+    return depth
 
 
 def record_this(record: Record) -> dict[str, Value]:
@@ -258,9 +284,12 @@ async def _run(
             **fields,
         )
 
-    if record.invalid is not None:
-        logger.error("record_invalid", reason=record.invalid)
-        return report(Outcome.INVALID, reason=record.invalid)
+    invalid = record.invalid
+    if invalid is None and nesting_depth(record.fields) > MAX_NESTING:
+        invalid = f"fields nested deeper than {MAX_NESTING} levels"
+    if invalid is not None:
+        logger.error("record_invalid", reason=invalid)
+        return report(Outcome.INVALID, reason=invalid)
 
     this = record_this(record)
     scope = Scope({**copy_values(variables), "this": this})

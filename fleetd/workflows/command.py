@@ -48,7 +48,7 @@ class CommandWorkflow:
         output = await self._run(self.list_command, b"", "list_command")
         try:
             items = parse_listing(output.decode())
-        except (UnicodeDecodeError, ValueError) as error:
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
             raise WorkflowError(
                 f"command workflow {self.name}: list_command printed no JSON "
                 f"array or JSON lines: {error}"

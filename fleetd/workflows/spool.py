@@ -61,6 +61,12 @@ class SpoolWorkflow:
             record_id = name[: -len(SUFFIX)]
             if not record_id:
                 continue
+            if not _is_utf8(record_id):
+                # os.listdir decodes undecodable bytes to lone surrogates,
+                # which no state store, log or report can encode.
+                shown = os.fsencode(record_id).decode("utf-8", "backslashreplace")
+                records.append(Record(id=shown, invalid="file name is not valid UTF-8"))
+                continue
             records.append(self._read_one(root, record_id))
 
         return records
@@ -80,6 +86,9 @@ class SpoolWorkflow:
             return Record(id=record_id, invalid="invalid JSON: not UTF-8 text")
         except ValueError as error:
             return Record(id=record_id, invalid=f"invalid JSON: {error}")
+        except RecursionError:
+            # json's decoder recurses once per nesting level.
+            return Record(id=record_id, invalid="invalid JSON: nested too deeply")
         if not isinstance(data, dict):
             return Record(
                 id=record_id,
@@ -97,7 +106,7 @@ class SpoolWorkflow:
             raise WorkflowError(f"spool {self.name}: record {record.id}: {problem}")
         try:
             current = json.loads(target.read_bytes())
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise WorkflowError(
                 f"spool {self.name}: record {record.id}: cannot read it back "
                 f"before the commit: {error}"
@@ -150,6 +159,15 @@ def _inside(root: Path, path: Path) -> tuple[Path, str | None]:
         return target, "dangling symlink"
 
     return target, None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+
+    return True
 
 
 def _json_kind(value: Any) -> str:
