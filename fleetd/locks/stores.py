@@ -62,9 +62,9 @@ async def upgrade(url: str) -> int:
     """Create or migrate the schema of the store at `url`; return its version."""
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme in POSTGRES_SCHEMES:
-        from fleetd.locks import postgres
+        from fleetd.locks.postgres_schema import upgrade as upgrade_postgres
 
-        return await postgres.upgrade(url)
+        return await upgrade_postgres(url)
     from fleetd.locks.sqlite import SCHEMA_VERSION
 
     store = open_store(url)
