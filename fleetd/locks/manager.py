@@ -83,6 +83,10 @@ class Transaction:
         self.staged: dict[str, Any] = {}
         self.lost = False
         self.resolution: Resolution | None = None
+        # Set once a resolution is under way: the store's write then checks
+        # the token itself, and a renewal that finds the lock already
+        # released must not call the lease lost.
+        self._resolving = False
         self._manager = manager
         self._hooks: dict[Resolution, list[Hook]] = {r: [] for r in Resolution}
         self._log = log.bind(
@@ -158,6 +162,7 @@ class Transaction:
                 f" ({self.resolution.value})"
             )
         store = self._manager.store
+        self._resolving = True
         try:
             if self.lost:
                 raise LeaseLost(f"lease on {self.key.record!r} was lost")
@@ -346,6 +351,8 @@ class LockManager:
         A lease the store did not renew is lost: its transaction's `lost`
         is set. A store error is logged and the next renewal tries again.
         """
+        # Leases under resolution are renewed too, since a resolution that
+        # waits out a store outage must not lose its lease meanwhile.
         transactions = [t for t in self._held.values() if not t.lost]
         if not transactions:
             return
@@ -364,9 +371,7 @@ class LockManager:
             grant = by_token.get(transaction.grant.token)
             if grant is not None:
                 transaction.grant = grant
-            elif transaction.resolution is None and not transaction.lost:
-                if transaction.grant.token not in self._held:
-                    continue  # resolved while the renewal ran
+            elif not transaction.lost and not transaction._resolving:
                 transaction.lost = True
                 self._lost += 1
                 transaction._log.error("lease_lost", token=transaction.grant.token)

@@ -346,3 +346,28 @@ async def test_cancelled_begin_leaves_no_lock(store: StateStore) -> None:
         assert await reopened.history("alice") == []
     finally:
         await reopened.close()
+
+
+
+async def test_renewal_during_resolution_keeps_lease(store: StateStore) -> None:
+    async with LockManager(store, current_owner(), lease=30) as manager:
+        transaction = await manager.begin(
+            KEY, agent="Agent", run_id="run-1", check_mark=True
+        )
+        resolve = store.resolve
+
+        async def resolve_then_renew(*args: object, **kwargs: object) -> None:
+            # A renewal that runs after the store released the lock but
+            # before the resolution returned finds no lease to renew.
+            await resolve(*args, **kwargs)
+            await manager.renew()
+
+        store.resolve = resolve_then_renew  # type: ignore[method-assign]
+        try:
+            await transaction.commit()
+        finally:
+            del store.resolve
+
+        assert transaction.resolution is Resolution.COMMIT
+        assert not transaction.lost
+        assert manager.statistics().lost == 0
