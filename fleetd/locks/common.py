@@ -6,7 +6,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from fleetd.locks.base import Grant, LockInfo, LockKey, Owner
+from fleetd.locks.base import (
+    Grant,
+    HistoryEntry,
+    LockInfo,
+    LockKey,
+    Mark,
+    Owner,
+    Resolution,
+)
 
 T = TypeVar("T")
 
@@ -96,3 +104,39 @@ MARK_COLUMNS = "workflow, record, mnemonic, agent, resolution, reason, at"
 HISTORY_COLUMNS = (
     "workflow, record, mnemonic, agent, resolution, reason, run_id, owner, started, at"
 )
+
+
+def mark_from_row(row: Any) -> Mark:
+    """Build a Mark from a row of the marks table, columns in order."""
+    workflow, record, mnemonic, agent, resolution, reason, at = tuple(row)
+
+    return Mark(
+        LockKey(workflow, record, mnemonic), agent, Resolution(resolution), reason, at
+    )
+
+
+def history_from_row(row: Any) -> HistoryEntry:
+    """Build a HistoryEntry from a row of the history table, columns in order."""
+    (
+        workflow,
+        record,
+        mnemonic,
+        agent,
+        resolution,
+        reason,
+        run_id,
+        owner,
+        started,
+        at,
+    ) = tuple(row)
+
+    return HistoryEntry(
+        LockKey(workflow, record, mnemonic),
+        agent,
+        Resolution(resolution),
+        reason,
+        run_id,
+        owner,
+        started,
+        at,
+    )

@@ -50,7 +50,9 @@ from fleetd.locks.common import (
     MARK_COLUMNS,
     await_detached,
     grant_of,
+    history_from_row,
     lock_from_row,
+    mark_from_row,
     same_claim,
 )
 from fleetd.locks.postgres_schema import migrate
@@ -457,7 +459,7 @@ class PostgresStore:
                 f"SELECT {MARK_COLUMNS} FROM fleetd_marks{where} ORDER BY at"
             )
 
-        return [_mark_from_row(row) for row in await self._retrying("marks", run)]
+        return [mark_from_row(row) for row in await self._retrying("marks", run)]
 
     async def history(
         self, record: str, workflow: str | None = None
@@ -473,7 +475,7 @@ class PostgresStore:
 
         rows = await self._retrying("history", run)
 
-        return [_history_from_row(row) for row in rows]
+        return [history_from_row(row) for row in rows]
 
     async def counts(self) -> dict[str, dict[str, int]]:
         async def run(connection: asyncpg.Connection, attempt: int) -> list[Any]:
@@ -567,35 +569,3 @@ def _lease_lost_message(grant: Grant, row: Any) -> str:
     return f"lease on {record} expired {row[12] - row['expires']:.1f} s ago"
 
 
-def _mark_from_row(row: Any) -> Mark:
-    workflow, record, mnemonic, agent, resolution, reason, at = tuple(row)
-
-    return Mark(
-        LockKey(workflow, record, mnemonic), agent, Resolution(resolution), reason, at
-    )
-
-
-def _history_from_row(row: Any) -> HistoryEntry:
-    (
-        workflow,
-        record,
-        mnemonic,
-        agent,
-        resolution,
-        reason,
-        run_id,
-        owner,
-        started,
-        at,
-    ) = tuple(row)
-
-    return HistoryEntry(
-        LockKey(workflow, record, mnemonic),
-        agent,
-        Resolution(resolution),
-        reason,
-        run_id,
-        owner,
-        started,
-        at,
-    )

@@ -39,7 +39,9 @@ from fleetd.locks.common import (
     MARK_COLUMNS,
     SchemaError,
     await_detached,
+    history_from_row,
     lock_from_row,
+    mark_from_row,
 )
 from fleetd.locks.sqlite_writer import BatchWriter, StoreClosed, connect, is_transient
 
@@ -174,7 +176,7 @@ class SQLiteStore:
                     f"SELECT {MARK_COLUMNS} FROM marks WHERE {KEY_WHERE}", _key(key)
                 ).fetchone()
                 if row is not None:
-                    raise Done(_mark_from_row(row))
+                    raise Done(mark_from_row(row))
             row = connection.execute(
                 f"SELECT {LOCK_COLUMNS} FROM locks WHERE {KEY_WHERE}", _key(key)
             ).fetchone()
@@ -364,7 +366,7 @@ class SQLiteStore:
                 f"SELECT {MARK_COLUMNS} FROM marks{where} ORDER BY at"
             ).fetchall()
 
-            return [_mark_from_row(row) for row in rows]
+            return [mark_from_row(row) for row in rows]
 
         return await self._read(read)
 
@@ -381,7 +383,7 @@ class SQLiteStore:
                 query + " ORDER BY at DESC, id DESC", parameters
             ).fetchall()
 
-            return [_history_from_row(row) for row in rows]
+            return [history_from_row(row) for row in rows]
 
         return await self._read(read)
 
@@ -492,35 +494,3 @@ def _lease_lost_message(grant: Grant, row: Any, now: float) -> str:
     return f"lease on {record} expired {now - row[10]:.1f} s ago"
 
 
-def _mark_from_row(row: Any) -> Mark:
-    workflow, record, mnemonic, agent, resolution, reason, at = row
-
-    return Mark(
-        LockKey(workflow, record, mnemonic), agent, Resolution(resolution), reason, at
-    )
-
-
-def _history_from_row(row: Any) -> HistoryEntry:
-    (
-        workflow,
-        record,
-        mnemonic,
-        agent,
-        resolution,
-        reason,
-        run_id,
-        owner,
-        started,
-        at,
-    ) = row
-
-    return HistoryEntry(
-        LockKey(workflow, record, mnemonic),
-        agent,
-        Resolution(resolution),
-        reason,
-        run_id,
-        owner,
-        started,
-        at,
-    )
