@@ -174,6 +174,9 @@ def _read_toml(path: Path, errors: list[str]) -> dict[str, Any] | None:
         errors.append(f"{path}: cannot read: {error.strerror}")
     except UnicodeDecodeError as error:
         errors.append(f"{path}: invalid TOML: not UTF-8 text ({error.reason})")
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables.
+        errors.append(f"{path}: invalid TOML: values nested too deeply")
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         position = _TOML_POSITION.search(message)
@@ -231,10 +234,8 @@ def _resolve_paths(
             if isinstance(words, str):
                 try:
                     words = settings[key] = shlex.split(words)
-                except ValueError as error:
-                    place = at(path, ("workflows", name, key))
-                    errors.append(f"{place}: invalid command line: {error}")
-                    continue
+                except ValueError:
+                    continue  # reported by convert_value with the others
             is_argv = isinstance(words, list) and words and isinstance(words[0], str)
             if is_argv and "/" in words[0]:
                 words[0] = _absolute(words[0], base)

@@ -7,6 +7,7 @@ instead of stopping at the first.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -106,6 +107,10 @@ def convert_value(key: Key, value: Any) -> Any:
         checked = msgspec.convert(value, type=key.type, strict=True)
     except msgspec.ValidationError:
         raise ValueError(f"expected {key.form}, got {_describe(value)}") from None
+    # No path, URL or program argument can contain a NUL byte.
+    texts = checked if isinstance(checked, list) else [checked]
+    if any(isinstance(text, str) and "\0" in text for text in texts):
+        raise ValueError(f"expected {key.form}, got a string with a NUL byte")
 
     if key.convert == "duration":
         if isinstance(checked, str):
@@ -117,9 +122,14 @@ def convert_value(key: Key, value: Any) -> Any:
             seconds = float(checked)
         if seconds < 0:
             raise ValueError(f"expected {key.form}, got a negative number")
+        if not math.isfinite(seconds):
+            raise ValueError(f"expected {key.form}, got {checked!r}")
         return seconds
     if key.convert == "argv":
-        words = shlex.split(checked) if isinstance(checked, str) else list(checked)
+        try:
+            words = shlex.split(checked) if isinstance(checked, str) else list(checked)
+        except ValueError as error:
+            raise ValueError(f"invalid command line: {error}") from None
         if not words:
             raise ValueError(f"expected {key.form}, got no words")
         return words
