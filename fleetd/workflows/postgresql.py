@@ -2,31 +2,21 @@
 
 Design note. Records are the rows of `table` (optionally filtered by the
 operator's `where`, used as written), ordered by `id_column`. Record ids
-are text. Field values become the agent language's JSON-like values
-(`to_value`): dates and times as ISO 8601 text, `numeric` as an integer
-when it has no fraction and as text otherwise (so "12.50" keeps its
-scale), booleans as 1 and 0 (as Perl's DBD::Pg returns them), `json` and
-`jsonb` decoded, `bytea` as `\\x` hex text, intervals as seconds.
+are text. How values convert in both directions is described in
+`fleetd.workflows.postgresql_sql`.
 
 The table name is `name` or `schema.name`; a part that contains a dot is
 written in double quotes (`"odd.name"`). Names are matched exactly, case
-included, like column names. The table is looked up once per listing in
-the catalog, and every statement uses its schema-qualified name, so the
+included, like column names. The table is looked up in the catalog at
+each listing, and every statement uses its schema-qualified name, so the
 `UPDATE` finds the same table whatever the `search_path` of the connection
 that runs it.
 
-A commit is one `UPDATE` of the staged columns of the record's row. Each
-value is sent as text and cast to its column's type by PostgreSQL
-(`$1::text::"pg_catalog"."int4"`), because agent values are loosely typed
-("5" and 5 are the same number to an agent) while asyncpg's binary
-parameters are not. Lists go to array columns through
-`jsonb_array_elements_text`, and lists and dicts go to other columns as
-JSON text.
-
-When the state store is PostgreSQL on the same server, database and user
-(`shares_store`), the runtime calls `commit_in_transaction` with the
-store's connection inside the lock's resolution transaction: the record's
-`UPDATE` and its commit mark are then written together or not at all.
+A commit is one `UPDATE` of the staged columns of the record's row. The
+state store may be PostgreSQL on the same server, database and user
+(`shares_store`). Then the runtime calls `commit_in_transaction` with the
+store's connection inside the lock's resolution transaction, so the
+record's `UPDATE` and its commit mark are written together or not at all.
 Otherwise `commit` runs the `UPDATE` on the workflow's own connection
 pool, before the resolution is written.
 
@@ -40,18 +30,10 @@ the whole resolution.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import decimal
-import ipaddress
 import json
-import math
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import asyncpg
 import structlog
@@ -60,14 +42,23 @@ from fleetd.config.model import WorkflowSettings
 from fleetd.locks.backoff import retry_delay
 from fleetd.workflows.base import Record
 from fleetd.workflows.errors import WorkflowError
+from fleetd.workflows.postgresql_sql import (
+    Column,
+    Table,
+    assignment,
+    connection_identity,
+    json_text,
+    parameter_text,
+    quote_identifier,
+    split_table_name,
+    to_value,
+)
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-#: Connections of one workflow's pool, at most.
+#: Maximum number of connections in one workflow's pool.
 POOL_SIZE = 4
 #: Seconds during which connection loss is retried before the listing or
 #: the commit fails.
@@ -106,193 +97,8 @@ _COLUMNS = """
 """
 
 
-def quote_identifier(name: str) -> str:
-    """Quote `name` as an SQL identifier, doubling embedded quotes."""
-    if "\x00" in name:
-        raise WorkflowError(f"invalid identifier {name!r}: contains a NUL byte")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def split_table_name(text: str) -> tuple[str | None, str]:
-    """Split `name` or `schema.name` into schema (None if absent) and name.
-
-    A part in double quotes may contain dots; `""` inside it is one quote.
-    Unquoted parts are taken exactly as written.
-    """
-    parts: list[str] = []
-    current: list[str] = []
-    index = 0
-    quoted_part = False
-    while index < len(text):
-        char = text[index]
-        if char == '"' and not current and not quoted_part:
-            end = index + 1
-            while True:
-                end = text.find('"', end)
-                if end == -1:
-                    raise WorkflowError(
-                        f"invalid table name {text!r}: unterminated quote"
-                    )
-                if text.startswith('""', end):
-                    end += 2
-                    continue
-                break
-            current.append(text[index + 1 : end].replace('""', '"'))
-            quoted_part = True
-            index = end + 1
-            continue
-        if char == ".":
-            parts.append("".join(current))
-            current = []
-            quoted_part = False
-        elif quoted_part:
-            raise WorkflowError(
-                f"invalid table name {text!r}: expected a dot after a quoted part"
-            )
-        else:
-            current.append(char)
-        index += 1
-    parts.append("".join(current))
-    if len(parts) > 2 or not all(parts):
-        raise WorkflowError(
-            f"invalid table name {text!r}: expected name or schema.name"
-        )
-
-    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
-
-
-def connection_identity(dsn: str) -> tuple[str, int, str, str] | None:
-    """Return (host, port, database, user) that a postgresql:// URL names.
-
-    Unset parts take libpq's defaults from PGHOST, PGPORT, PGDATABASE and
-    PGUSER, then localhost, 5432, the user and the login name. Returns None
-    for a URL of another scheme.
-    """
-    parts = urlsplit(dsn)
-    if parts.scheme not in POSTGRES_SCHEMES:
-        return None
-    query = dict(parse_qsl(parts.query))
-    # A netloc may list several hosts; the first one names the server.
-    first = urlsplit("//" + parts.netloc.rpartition("@")[2].split(",")[0])
-    host = (
-        query.get("host")
-        or unquote(first.hostname or "")
-        or os.environ.get("PGHOST")
-        or "localhost"
-    )
-    port = int(query.get("port") or first.port or os.environ.get("PGPORT") or 5432)
-    user = (
-        query.get("user")
-        or unquote(parts.username or "")
-        or os.environ.get("PGUSER")
-        or _login_name()
-    )
-    database = (
-        query.get("dbname")
-        or query.get("database")
-        or unquote(parts.path.lstrip("/"))
-        or os.environ.get("PGDATABASE")
-        or user
-    )
-
-    return host, port, database, user
-
-
-def _login_name() -> str:
-    import getpass
-
-    return getpass.getuser()
-
-
-def to_value(value: Any) -> Any:
-    """Convert a value asyncpg returned into a JSON-like agent value."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return 1 if value else 0
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, decimal.Decimal):
-        if value.is_finite() and value.as_tuple().exponent >= 0:
-            return int(value)
-        return str(value)
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        seconds = value.total_seconds()
-        return int(seconds) if seconds.is_integer() else seconds
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "\\x" + bytes(value).hex()
-    if isinstance(value, (uuid.UUID, ipaddress._BaseAddress, ipaddress._BaseNetwork)):
-        return str(value)
-    if isinstance(value, asyncpg.Record):
-        return {key: to_value(item) for key, item in value.items()}
-    if isinstance(value, dict):
-        return {str(key): to_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_value(item) for item in value]
-    if isinstance(value, asyncpg.Range):
-        return {
-            "lower": to_value(value.lower),
-            "upper": to_value(value.upper),
-            "lower_inc": 1 if value.lower_inc else 0,
-            "upper_inc": 1 if value.upper_inc else 0,
-        }
-
-    return str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """A column's type: the name to cast to and its catalog category."""
-
-    cast: str  # schema-qualified, quoted type name
-    category: str  # pg_type.typcategory: "A" array, "B" boolean, ...
-    json: bool  # json or jsonb
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """The workflow's table as found in the catalog."""
-
-    qualified: str  # "schema"."name", quoted
-    columns: dict[str, Column]
-
-
-def parameter_text(column: Column, value: Any) -> str | None:
-    """Return the text that PostgreSQL casts to `column`'s type for `value`."""
-    if value is None:
-        return None
-    if column.json:
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    if column.category == "B":
-        if value == "" or (isinstance(value, (int, float)) and value == 0):
-            return "false"
-        if isinstance(value, (int, float)):
-            return "true"
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-
-    return str(value)
-
-
-def assignment(column: Column, value: Any, number: int) -> str:
-    """Return the SQL expression for parameter `$number` assigned to `column`."""
-    if column.category == "A" and isinstance(value, list):
-        return (
-            f"ARRAY(SELECT pg_catalog.jsonb_array_elements_text(${number}::text"
-            f"::jsonb))::{column.cast}"
-        )
-
-    return f"${number}::text::{column.cast}"
-
-
 class PostgresqlWorkflow:
-    """Records from the rows of `table` at `dsn`; see the module docstring."""
+    """Records from the rows of `table` at `dsn`, as the module docstring says."""
 
     kind = "postgresql"
 
@@ -390,8 +196,6 @@ class PostgresqlWorkflow:
             return
         table = self._table or await self._describe_on_pool()
         unknown = [column for column in changes if column not in table.columns]
-        if self.id_column not in table.columns:
-            unknown.append(self.id_column)
         if unknown:
             raise WorkflowError(
                 f"postgresql workflow {self.name}: record {record.id}: table"
@@ -479,7 +283,11 @@ class PostgresqlWorkflow:
     async def _retrying(
         self, operation: str, run: Callable[[asyncpg.Connection], Awaitable[T]]
     ) -> T:
-        """Run `run(connection)`, retrying connection loss for `retry_for` s."""
+        """Run `run(connection)` and retry it after connection loss.
+
+        Retries stop `retry_for` seconds after the first attempt; the last
+        error is then raised as WorkflowError.
+        """
         attempt = 1
         deadline = time.monotonic() + self.retry_for
         while True:
@@ -509,14 +317,6 @@ class PostgresqlWorkflow:
                 raise WorkflowError(
                     f"postgresql workflow {self.name}: {operation} failed: {error}"
                 ) from error
-
-
-def json_text(value: Any) -> str:
-    """Return the id text of a non-text id value: numbers plain, others JSON."""
-    if isinstance(value, (int, float)):
-        return str(value)
-
-    return json.dumps(value, ensure_ascii=False)
 
 
 async def _set_codecs(connection: asyncpg.Connection) -> None:

@@ -16,8 +16,8 @@ from structlog.testing import LogCapture
 
 from fleetd.config.model import WorkflowSettings
 from fleetd.workflows import Record, WorkflowError, open_workflow
-from fleetd.workflows.postgresql import (
-    PostgresqlWorkflow,
+from fleetd.workflows.postgresql import PostgresqlWorkflow
+from fleetd.workflows.postgresql_sql import (
     connection_identity,
     split_table_name,
     to_value,
