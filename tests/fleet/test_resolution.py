@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,16 @@ def test_crash_after_update_leaves_neither(site: PgSite) -> None:
     assert again.reason == "in error"
     assert status(site, 1) == "open"
     assert marks(site) == [("1", "error", "interrupted")]
+
+
+def test_engine_closes_workflow_connections(site: PgSite) -> None:
+    name = f"fleetd_fleet_{secrets.token_hex(4)}"
+    site.settings(dsn=f"{site.dsn}?application_name={name}")
+    site.tickets(1)
+    site.write("close.agent", CLOSE)
+    [report] = run_cycles(site)
+    assert report.outcome is Outcome.COMMITTED
+    connections = site.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
+    )
+    assert connections[0][0] == 0

@@ -439,3 +439,37 @@ def test_split_table_name(text: str, parts: tuple[str | None, str]) -> None:
 def test_split_table_name_rejects(text: str) -> None:
     with pytest.raises(WorkflowError, match="invalid table name"):
         split_table_name(text)
+
+
+async def test_commit_retries_after_connection_loss(database: Database) -> None:
+    name = f"fleetd_wf_{secrets.token_hex(4)}"
+    workflow = PostgresqlWorkflow(
+        "requests", f"{database.dsn}?application_name={name}", database.table
+    )
+    blocker = await asyncpg.connect(database.dsn)
+    try:
+        records = await workflow.records()
+        # A row lock held elsewhere keeps the UPDATE waiting while its
+        # connection is terminated.
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(
+            f"SELECT 1 FROM {database.schema}.{TABLE} WHERE id = 1 FOR UPDATE"
+        )
+        commit = asyncio.ensure_future(workflow.commit(records[0], {"status": "x"}))
+        await asyncio.sleep(0.3)
+        assert not commit.done()
+        [killed] = await blocker.fetch(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = $1",
+            name,
+        )
+        assert killed[0] == 1
+        await transaction.rollback()
+        await commit
+    finally:
+        await blocker.close()
+        await workflow.aclose()
+    assert workflow.retries >= 1
+    [row] = await database.fetch(f"SELECT status FROM {TABLE} WHERE id = 1")
+    assert row["status"] == "x"
