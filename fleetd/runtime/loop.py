@@ -18,7 +18,8 @@ import warnings
 from collections.abc import Iterator
 
 
-def _pidfd_supported() -> bool:
+def pidfd_supported() -> bool:
+    """Tell whether this system can open a pidfd (Linux 5.3 and later)."""
     if not hasattr(os, "pidfd_open"):
         return False
     try:
@@ -42,7 +43,7 @@ def pidfd_child_watcher() -> Iterator[None]:
     if (
         sys.version_info >= (3, 12)
         or not isinstance(loop, asyncio.SelectorEventLoop)
-        or not _pidfd_supported()
+        or not pidfd_supported()
     ):
         yield
         return

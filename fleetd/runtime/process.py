@@ -28,11 +28,14 @@ argument. This module adds what a shell would otherwise decide:
   as a failed `ProgramResult`; no exception escapes `run_program` other
   than cancellation.
 
-Programs start through `loop.subprocess_exec` with a protocol whose
-callbacks receive the output, rather than `anyio.open_process` or
-`asyncio.create_subprocess_exec`: those add a stream and a reader task per
-pipe, which measured slower in scripts/bench/engine.py. On Python 3.11
-the Engine also installs a pidfd child watcher (`fleetd.runtime.loop`).
+Programs start on a thread pool (`fleetd.runtime.spawn`), so that forking
+does not block the event loop, or through `loop.subprocess_exec` where
+pidfds are missing. Either way a protocol's callbacks receive the output,
+rather than the streams of `anyio.open_process` or
+`asyncio.create_subprocess_exec`: those add a reader task per pipe, which
+measured slower in scripts/bench/engine.py. On Python 3.11 the Engine
+also installs a pidfd child watcher for `loop.subprocess_exec`
+(`fleetd.runtime.loop`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from typing import Any
 import anyio
 import structlog
 
+from fleetd.runtime.loop import pidfd_supported
+from fleetd.runtime.spawn import SpawnedProgram, start_program
+
 MAX_LINE_BYTES = 8192  # longer output lines are cut
 # Output of one program logged line by line, stdout and stderr together;
 # past it, only the count and the last CAPTURE_LINES lines are logged.
@@ -60,6 +66,9 @@ CAPTURE_LINES = 50  # lines of output kept in the result, the last ones
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 LEFTOVER_WAIT = 0.2  # seconds the pipes may stay open after the program exits
 PIPE_CLOSE_WAIT = 1.0  # seconds to wait for pipes once the group is killed
+# Start programs on a thread pool (fleetd.runtime.spawn), which needs a pidfd
+# to learn of their exit; otherwise through loop.subprocess_exec.
+SPAWN_ON_THREAD = pidfd_supported()
 
 
 @dataclass(slots=True)
@@ -326,7 +335,8 @@ async def _stop_group(
 
 
 async def _finish(
-    transport: asyncio.SubprocessTransport, protocol: _ProgramProtocol
+    transport: asyncio.SubprocessTransport | SpawnedProgram,
+    protocol: _ProgramProtocol,
 ) -> None:
     """Wait for the exit status, and stop reading pipes that stay open."""
     if not protocol.closed.is_set():
@@ -377,22 +387,28 @@ async def run_program(
         _OutputReader("stdout", program_log, capture, redact, budget),
         _OutputReader("stderr", program_log, capture, redact, budget),
     )
-    loop = asyncio.get_running_loop()
+    transport: asyncio.SubprocessTransport | SpawnedProgram
     try:
-        # Shielded: cancelled half-way, asyncio would kill the program but
-        # not its group, leaving what it forked already.
+        # Shielded: cancelled half-way, the program would run on without
+        # anyone to reap it or to kill its group.
         with anyio.CancelScope(shield=True):
-            transport, _ = await loop.subprocess_exec(
-                lambda: protocol,
-                executable,
-                *words[1:],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                cwd=cwd,
-                env=env,
-            )
+            if SPAWN_ON_THREAD:
+                transport = await start_program(
+                    protocol, (executable, *words[1:]), cwd=cwd, env=env
+                )
+            else:
+                loop = asyncio.get_running_loop()
+                transport, _ = await loop.subprocess_exec(
+                    lambda: protocol,
+                    executable,
+                    *words[1:],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    cwd=cwd,
+                    env=env,
+                )
     except OSError as error:
         result.error = f"cannot start {words[0]}: {error.strerror or error}"
         return result
