@@ -11,7 +11,7 @@ Four measurements, each beside a baseline in the same script:
   `AgentLoader`, as the daemon does on SIGHUP. Same baseline. Target:
   under 100 ms.
 - idle memory: `fleetd run` with 10,000 such agents on a 1 h schedule
-  (so none runs while measured), against the same daemon with none. The
+  and a splay of 1 h (so none runs while measured), against the same daemon with none. The
   resident set (VmRSS) is read once both are ready and settled. Target:
   under 20 KB per agent.
 - reload under load: `fleetd run` with 100 agents whose run sleeps 3 s,
@@ -56,7 +56,9 @@ RELOAD_TARGET_S = 0.1
 IDLE_TARGET_KB = 20.0
 
 
-def write_conf(folder: Path, agents: int, *, schedule: str = "every 1h") -> Path:
+def write_conf(
+    folder: Path, agents: int, *, schedule: str = "every 1h", splay: str = "1s"
+) -> Path:
     """Write a conf dir with `agents` agents of the parse benchmark's template."""
     conf = folder / "conf.d"
     conf.mkdir()
@@ -65,7 +67,7 @@ def write_conf(folder: Path, agents: int, *, schedule: str = "every 1h") -> Path
     (conf / "00-daemon.toml").write_text(
         f"""[daemon]
 state = "sqlite:///{folder}/state.db"
-splay = "1s"
+splay = "{splay}"
 log_level = "warning"
 safe_path = ["/usr/bin", "/bin"]
 
@@ -187,8 +189,14 @@ class Daemon:
 
     def stop(self) -> int:
         self.process.terminate()
-        status = self.process.wait(timeout=120)
-        self.notify.close()
+        try:
+            status = self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise RuntimeError("daemon did not stop within 120 s of SIGTERM") from None
+        finally:
+            self.notify.close()
 
         return status
 
@@ -209,7 +217,9 @@ def idle_rss(agents: int, settle: float) -> tuple[int, float]:
     """Start a daemon with `agents` idle agents; return its VmRSS and load time."""
     with tempfile.TemporaryDirectory(prefix="fleetd-bench-") as name:
         folder = Path(name)
-        conf = write_conf(folder, agents)
+        # The first cycle of each agent comes after a random splay of up to
+        # an hour, so no agent runs while the memory is read.
+        conf = write_conf(folder, agents, splay="1h")
         daemon = Daemon(folder, conf)
         try:
             load_s = daemon.wait_ready(1, timeout=600)
