@@ -48,6 +48,18 @@ def marks(site: PgSite) -> list[tuple[str, str, str | None]]:
     return [tuple(row) for row in rows]
 
 
+def reject_history(site: PgSite) -> None:
+    """Make every resolution fail when it writes its history row."""
+    site.query(
+        "CREATE FUNCTION reject() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'history is read-only'; END $$"
+    )
+    site.query(
+        "CREATE TRIGGER reject BEFORE INSERT ON fleetd_history"
+        " FOR EACH ROW EXECUTE FUNCTION reject()"
+    )
+
+
 CLOSE = """
     NAME     Close
     MNEMONIC close
@@ -132,14 +144,7 @@ def test_update_rolls_back_with_failed_resolution(site: PgSite) -> None:
     site.query("DELETE FROM fleetd_marks")
     site.query("UPDATE tickets SET status = 'open'")
     # The resolution fails after the UPDATE, in the same transaction.
-    site.query(
-        "CREATE FUNCTION reject() RETURNS trigger LANGUAGE plpgsql AS"
-        " $$ BEGIN RAISE EXCEPTION 'history is read-only'; END $$"
-    )
-    site.query(
-        "CREATE TRIGGER reject BEFORE INSERT ON fleetd_history"
-        " FOR EACH ROW EXECUTE FUNCTION reject()"
-    )
+    reject_history(site)
     [report] = run_cycles(site)
     assert report.outcome is Outcome.ERROR
     assert report.reason is not None
@@ -158,14 +163,7 @@ def test_other_database_updates_before_resolution(site: PgSite) -> None:
     run_cycles(site)
     site.query("DELETE FROM fleetd_marks")
     site.query("UPDATE tickets SET status = 'open'")
-    site.query(
-        "CREATE FUNCTION reject() RETURNS trigger LANGUAGE plpgsql AS"
-        " $$ BEGIN RAISE EXCEPTION 'history is read-only'; END $$"
-    )
-    site.query(
-        "CREATE TRIGGER reject BEFORE INSERT ON fleetd_history"
-        " FOR EACH ROW EXECUTE FUNCTION reject()"
-    )
+    reject_history(site)
     [report] = run_cycles(site)
     assert report.outcome is Outcome.ERROR
     # Written on its own, the UPDATE stays when the resolution fails.
