@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from fleetd.config import load_config
@@ -210,3 +211,35 @@ def test_engine_closes_workflow_connections(site: PgSite) -> None:
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name
     )
     assert connections[0][0] == 0
+
+
+def test_engine_closes_replaced_workflows(site: PgSite) -> None:
+    name = f"fleetd_fleet_{secrets.token_hex(4)}"
+    site.settings(dsn=f"{site.dsn}?application_name={name}")
+    site.tickets(2)
+    site.write("close.agent", CLOSE)
+
+    async def reload_between_cycles() -> int:
+        config = load_config(site.conf_dir)
+        registry = Registry.default()
+        [loaded] = AgentLoader(registry).load(config).agents.values()
+        async with Engine(config, echo=lambda text: None, registry=registry) as engine:
+            await engine.run_cycle(loaded)
+            engine.reconfigure(config)
+            await engine.run_cycle(loaded)
+            # Both the replaced workflow and the new one hold a connection.
+            open_connections = await count_connections()
+        assert await count_connections() == 0
+        return open_connections
+
+    async def count_connections() -> int:
+        connection = await asyncpg.connect(site.dsn)
+        try:
+            return await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                name,
+            )
+        finally:
+            await connection.close()
+
+    assert asyncio.run(reload_between_cycles()) == 2
