@@ -55,7 +55,7 @@ import anyio
 import structlog
 
 from fleetd.runtime.loop import pidfd_supported
-from fleetd.runtime.spawn import SpawnedProgram, start_program
+from fleetd.runtime.spawn import SpawnedProgram, can_spawn_on_thread, start_program
 
 MAX_LINE_BYTES = 8192  # longer output lines are cut
 # Output of one program logged line by line, stdout and stderr together;
@@ -66,9 +66,9 @@ CAPTURE_LINES = 50  # lines of output kept in the result, the last ones
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 LEFTOVER_WAIT = 0.2  # seconds the pipes may stay open after the program exits
 PIPE_CLOSE_WAIT = 1.0  # seconds to wait for pipes once the group is killed
-# Start programs on a thread pool (fleetd.runtime.spawn), which needs a pidfd
-# to learn of their exit; otherwise through loop.subprocess_exec.
-SPAWN_ON_THREAD = pidfd_supported()
+# Start programs on a thread pool (fleetd.runtime.spawn) on asyncio's own
+# loop with pidfd support; otherwise through loop.subprocess_exec.
+PIDFD_SUPPORTED = pidfd_supported()
 
 
 @dataclass(slots=True)
@@ -392,7 +392,7 @@ async def run_program(
         # Shielded: cancelled half-way, the program would run on without
         # anyone to reap it or to kill its group.
         with anyio.CancelScope(shield=True):
-            if SPAWN_ON_THREAD:
+            if PIDFD_SUPPORTED and can_spawn_on_thread():
                 transport = await start_program(
                     protocol, (executable, *words[1:]), cwd=cwd, env=env
                 )

@@ -16,8 +16,12 @@ load on the machine).
 `loop.subprocess_exec` (`pipe_data_received`, `pipe_connection_lost`,
 `process_exited`, `connection_lost`), and returns a handle with the
 transport methods `run_program` uses. It needs `os.pidfd_open` (Linux 5.3
-and later); `fleetd.runtime.process` falls back to `loop.subprocess_exec`
-without it.
+and later) and asyncio's own event loop; `fleetd.runtime.process` falls
+back to `loop.subprocess_exec` otherwise. NOTE: on uvloop 0.23 this
+module mixed up descriptors under load in scripts/bench/engine.py: some
+spawns failed with "Bad file descriptor", and `add_reader` found a new
+pidfd's number still registered to a pipe transport. The cause was not
+traced, so uvloop keeps `loop.subprocess_exec`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ log = structlog.get_logger()
 # a thread for a while; four threads keep one slow start from stalling all.
 _SPAWN_THREADS = 4
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def can_spawn_on_thread() -> bool:
+    """Tell whether the running loop is asyncio's own, where this module works."""
+    return isinstance(asyncio.get_running_loop(), asyncio.SelectorEventLoop)
 
 
 def _spawner() -> concurrent.futures.ThreadPoolExecutor:
