@@ -121,6 +121,7 @@ class PostgresqlWorkflow:
         self.retry_for = retry_for
         self.retries = 0
         self._identity = connection_identity(dsn)
+        self._shared: dict[str, bool] = {}  # by state store URL
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._table: Table | None = None
@@ -177,8 +178,11 @@ class PostgresqlWorkflow:
         url = getattr(store, "url", None)
         if not isinstance(url, str) or self._identity is None:
             return False
+        shared = self._shared.get(url)
+        if shared is None:
+            shared = self._shared[url] = connection_identity(url) == self._identity
 
-        return connection_identity(url) == self._identity
+        return shared
 
     async def commit_in_transaction(
         self, connection: asyncpg.Connection, record: Record, changes: dict[str, Any]
