@@ -63,6 +63,8 @@ POOL_SIZE = 4
 #: Seconds during which connection loss is retried before the listing or
 #: the commit fails.
 RETRY_FOR_S = 60.0
+#: Seconds that closing the pool waits for connections in use.
+CLOSE_TIMEOUT_S = 10.0
 
 # Errors after which the same statement may succeed on a new connection.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -237,10 +239,17 @@ class PostgresqlWorkflow:
             )
 
     async def aclose(self) -> None:
-        """Close the connection pool, if one was opened."""
+        """Close the connection pool, if one was opened.
+
+        Connections still in use after CLOSE_TIMEOUT_S are terminated.
+        """
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("workflow_pool_terminated", workflow=self.name)
+                pool.terminate()
 
     # Catalog and connections
 

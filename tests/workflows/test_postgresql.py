@@ -473,3 +473,36 @@ async def test_commit_retries_after_connection_loss(database: Database) -> None:
     assert workflow.retries >= 1
     [row] = await database.fetch(f"SELECT status FROM {TABLE} WHERE id = 1")
     assert row["status"] == "x"
+
+
+async def test_aclose_terminates_busy_connections(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fleetd.workflows.postgresql as module
+
+    monkeypatch.setattr(module, "CLOSE_TIMEOUT_S", 0.2)
+    name = f"fleetd_wf_{secrets.token_hex(4)}"
+    workflow = PostgresqlWorkflow(
+        "requests", f"{database.dsn}?application_name={name}", database.table
+    )
+    await workflow.records()
+    pool = workflow._pool
+    assert pool is not None
+    await pool.acquire()  # never released
+    await workflow.aclose()
+    assert workflow._pool is None
+    assert await connections_gone(database, name)
+
+
+async def connections_gone(database: Database, name: str) -> bool:
+    """Wait up to 5 s for the server to drop the connections named `name`."""
+    for _ in range(50):
+        [left] = await database.fetch(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            name,
+        )
+        if left[0] == 0:
+            return True
+        await asyncio.sleep(0.1)
+
+    return False
