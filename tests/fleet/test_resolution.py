@@ -255,3 +255,34 @@ def test_engine_closes_replaced_workflows(site: PgSite) -> None:
 
     assert asyncio.run(reload_between_cycles()) == 2
     assert connections_gone(site, name)
+
+
+def test_lost_lease_writes_neither_row_nor_mark(site: PgSite) -> None:
+    site.tickets(1)
+    site.write("close.agent", CLOSE + "EXEC_COMMAND sleep 1\n")
+    assert site.run("db", "upgrade").returncode == 0
+
+    async def cycle_while_taken_over() -> list[RunReport]:
+        running = asyncio.ensure_future(cycle(site))
+        # Another grant of the same lock, as after a lease expired and
+        # another host took the record, while the Run sleeps.
+        connection = await asyncpg.connect(site.dsn)
+        try:
+            await connection.execute(f"SET search_path = {site.schema}")
+            for _ in range(100):
+                updated = await connection.execute(
+                    "UPDATE fleetd_locks SET token = token + 1000"
+                )
+                if updated == "UPDATE 1":
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await connection.close()
+        return await running
+
+    [report] = asyncio.run(cycle_while_taken_over())
+    assert report.outcome is Outcome.ERROR
+    assert report.reason == "lease lost"
+    assert status(site, 1) == "open"
+    assert marks(site) == []
+    assert site.query("SELECT count(*) FROM fleetd_history")[0][0] == 0
