@@ -12,6 +12,9 @@ slot is released, so that the fsync overlaps the next run.
 Graceful stop: `stop_starting()` makes every cycle start no new run and
 return once its runs in flight end; `cancel_runs()` also cancels the Check
 and Run of the runs in flight, whose Cleanup and resolution still complete.
+A run still waiting on the state store `STORE_WAIT_AFTER_CANCEL` seconds
+after the longest Cleanup could end (a store that is down, busy or full) is
+given up and reported as an error, so the process can exit.
 
 Example::
 
@@ -23,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import time
@@ -52,6 +56,10 @@ from fleetd.workflows import Workflow, open_workflow
 from fleetd.workflows.base import Record
 
 logger = structlog.get_logger()
+
+#: Seconds that runs cancelled by a shutdown may still wait on the state
+#: store, after `cleanup_timeout`, before they are given up.
+STORE_WAIT_AFTER_CANCEL = 10.0
 
 OnReport = Callable[[RunReport], None]
 
@@ -98,6 +106,8 @@ class Engine:
         self._retired: list[Workflow] = []
         self._limiter = anyio.CapacityLimiter(config.daemon.max_concurrency)
         self._run_scopes: set[anyio.CancelScope] = set()
+        self._store_waits: set[anyio.CancelScope] = set()
+        self._give_up: asyncio.TimerHandle | None = None
         self._stopping = False
         self._cancelling = False
         self._runs_done = 0
@@ -129,6 +139,8 @@ class Engine:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._give_up is not None:
+            self._give_up.cancel()
         try:
             await self.locks.__aexit__(exc_type, exc, traceback)
         finally:
@@ -179,6 +191,7 @@ class Engine:
             conf_dir=self.config.conf_dir,
             cleanup_timeout=daemon.cleanup_timeout,
             pretend=self.pretend,
+            store_waits=self._store_waits,
         )
 
     async def _recover(self, workflow: Workflow) -> list[RunReport]:
@@ -358,6 +371,29 @@ class Engine:
         self._stopping = True
         self._cancelling = True
         for scope in list(self._run_scopes):
+            scope.cancel()
+        # A state store that is down, busy or full would keep runs retrying
+        # their lock or resolution forever, and the process from exiting.
+        if self._give_up is None:
+            delay = self.config.daemon.cleanup_timeout + STORE_WAIT_AFTER_CANCEL
+            loop = asyncio.get_running_loop()
+            self._give_up = loop.call_later(delay, self._abandon_store_waits)
+
+    def _abandon_store_waits(self) -> None:
+        """Cancel the runs still waiting on the state store after `cancel_runs`.
+
+        Their writes were never confirmed, so each is reported as an error,
+        never as committed. A lock that was written stays held until it is
+        recovered as interrupted.
+        """
+        if not self._store_waits:
+            return
+        logger.error(
+            "state_store_abandoned",
+            runs=len(self._store_waits),
+            waited_s=self.config.daemon.cleanup_timeout + STORE_WAIT_AFTER_CANCEL,
+        )
+        for scope in list(self._store_waits):
             scope.cancel()
 
     def statistics(self) -> EngineStatistics:

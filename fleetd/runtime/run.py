@@ -61,6 +61,10 @@ from fleetd.workflows.base import Record, Workflow
 
 logger = structlog.get_logger()
 
+#: Reason of a run whose lock could not be taken or resolved before a
+#: shutdown gave up waiting for the state store.
+STORE_ABANDONED = "state store unavailable at shutdown; nothing was written"
+
 # Records whose fields nest deeper are invalid: copying a record and
 # evaluating expressions on it recurse once per level, and on CPython 3.11
 # a record nested 600 levels deep exceeded the recursion limit.
@@ -81,6 +85,9 @@ class RunSettings:
     pretend: bool = False
     # In pretend mode: resolution marks by (workflow, record, mnemonic).
     marks: Mapping[tuple[str, str, str], Resolution] = field(default_factory=dict)
+    # Scopes of runs waiting on the state store (taking or resolving a lock),
+    # which `Engine.cancel_runs` cancels when the store stays unavailable.
+    store_waits: set[anyio.CancelScope] = field(default_factory=set)
 
 
 # Run ids are a random prefix per process and a counter: unique like a
@@ -163,11 +170,13 @@ class PendingRun:
         started: float,
         report: RunReport | None = None,
         resolve: Finish | None = None,
+        store_waits: set[anyio.CancelScope] | None = None,
     ) -> None:
         self.context = context
         self.started = started
         self._report = report
         self._resolve = resolve
+        self._store_waits = store_waits if store_waits is not None else set()
 
     @property
     def locked(self) -> bool:
@@ -178,9 +187,13 @@ class PendingRun:
         """Resolve the lock if one is held; log and return the report."""
         with structlog.contextvars.bound_contextvars(**self.context):
             if self._resolve is not None:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True) as scope:
+                    self._store_waits.add(scope)
                     structlog.contextvars.bind_contextvars(phase="resolution")
-                    report = await self._resolve()
+                    resolved = await self._resolve()
+                self._store_waits.discard(scope)
+                # Cancelled only by a shutdown that gave up on the store.
+                report = resolved if not scope.cancelled_caught else self._abandoned()
             else:
                 assert self._report is not None
                 report = self._report
@@ -195,6 +208,18 @@ class PendingRun:
             )
 
         return report
+
+    def _abandoned(self) -> RunReport:
+        logger.error("resolution_abandoned", reason=STORE_ABANDONED)
+        return RunReport(
+            agent=self.context["agent"],
+            mnemonic=self.context["mnemonic"],
+            workflow=self.context["workflow"],
+            record=self.context["record"],
+            outcome=Outcome.ERROR,
+            reason=STORE_ABANDONED,
+            run_id=self.context["run_id"],
+        )
 
 
 async def start_record(
@@ -232,7 +257,9 @@ async def start_record(
     if isinstance(outcome, RunReport):
         return PendingRun(context, started, report=outcome)
 
-    return PendingRun(context, started, resolve=outcome)
+    return PendingRun(
+        context, started, resolve=outcome, store_waits=settings.store_waits
+    )
 
 
 async def run_record(
@@ -329,9 +356,15 @@ async def _run(
     assert settings.locks is not None
     structlog.contextvars.bind_contextvars(phase="lock")
     try:
-        transaction = await settings.locks.begin(
-            key, agent=agent.name, run_id=run_id, check_mark=record.id is not None
-        )
+        with anyio.CancelScope() as lock_scope:
+            settings.store_waits.add(lock_scope)
+            transaction = await settings.locks.begin(
+                key, agent=agent.name, run_id=run_id, check_mark=record.id is not None
+            )
+        settings.store_waits.discard(lock_scope)
+        if lock_scope.cancelled_caught:
+            logger.error("lock_abandoned", reason=STORE_ABANDONED)
+            return report(Outcome.ERROR, reason=STORE_ABANDONED)
     except Done as done:
         reason = "in error" if done.mark.resolution is Resolution.ERROR else None
         logger.info("record_done", reason=reason)
