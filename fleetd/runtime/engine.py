@@ -107,6 +107,7 @@ class Engine:
         self._limiter = anyio.CapacityLimiter(config.daemon.max_concurrency)
         self._run_scopes: set[anyio.CancelScope] = set()
         self._store_waits: set[anyio.CancelScope] = set()
+        self._preparing: set[anyio.CancelScope] = set()
         self._give_up: asyncio.TimerHandle | None = None
         self._stopping = False
         self._cancelling = False
@@ -240,22 +241,31 @@ class Engine:
         if not loaded.scheduled or self._stopping:
             return reports
         log = logger.bind(agent=agent.name, mnemonic=agent.mnemonic)
-        try:
-            workflow = self.workflow(agent.workflow)
-            if not self.pretend:
-                for report in await self._recover(workflow):
-                    publish(report)
-            records = await workflow.records()
-            settings = self._settings()
-            if self.pretend:
-                settings.marks = {
-                    (m.key.workflow, m.key.record, m.key.mnemonic): m.resolution
-                    for m in await self.store.marks()
-                    if m.resolution in (Resolution.COMMIT, Resolution.ERROR)
-                }
-        except Exception as error:  # noqa: BLE001 - the daemon outlives a bad cycle
-            self._last_error = f"{agent.name}: {error}"
-            log.error("cycle_failed", workflow=agent.workflow, error=repr(error))
+        # No run has started yet, so a stop may cancel this part at once: a
+        # state store that is down would otherwise keep it retrying forever.
+        with anyio.CancelScope() as preparing:
+            self._preparing.add(preparing)
+            try:
+                workflow = self.workflow(agent.workflow)
+                if not self.pretend:
+                    for report in await self._recover(workflow):
+                        publish(report)
+                records = await workflow.records()
+                settings = self._settings()
+                if self.pretend:
+                    settings.marks = {
+                        (m.key.workflow, m.key.record, m.key.mnemonic): m.resolution
+                        for m in await self.store.marks()
+                        if m.resolution in (Resolution.COMMIT, Resolution.ERROR)
+                    }
+            except Exception as error:  # noqa: BLE001 - the daemon outlives a bad cycle
+                self._last_error = f"{agent.name}: {error}"
+                log.error("cycle_failed", workflow=agent.workflow, error=repr(error))
+                return reports
+            finally:
+                self._preparing.discard(preparing)
+        if preparing.cancelled_caught:
+            log.info("cycle_stopped", phase="preparing")
             return reports
         log.debug("cycle_started", workflow=workflow.name, records=len(records))
 
@@ -360,15 +370,21 @@ class Engine:
         publish(report)
 
     def stop_starting(self) -> None:
-        """Start no new run; cycles return once their runs in flight end."""
+        """Start no new run; cycles return once their runs in flight end.
+
+        A cycle that has not started its runs yet (recovering abandoned
+        locks, listing records) is cancelled.
+        """
         self._stopping = True
+        for scope in list(self._preparing):
+            scope.cancel()
 
     def cancel_runs(self) -> None:
         """Stop starting runs and cancel Check and Run of the runs in flight.
 
         Their Cleanup and resolution still run, shielded.
         """
-        self._stopping = True
+        self.stop_starting()
         self._cancelling = True
         for scope in list(self._run_scopes):
             scope.cancel()

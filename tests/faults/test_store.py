@@ -223,3 +223,122 @@ def test_read_only_store_fails_clearly(site: Site) -> None:
     assert "committed" not in done.stdout
     assert "state store" in done.stderr
     assert marks == {}
+
+
+PG_VERSION = (
+    " ".join(os.listdir("/etc/postgresql")) if Path("/etc/postgresql").is_dir() else ""
+)
+
+
+def pg_cluster(action: str) -> None:
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@contextlib.contextmanager
+def pg_schema(dsn: str) -> Iterator[tuple[str, str]]:
+    """Yield a fresh schema and `dsn` with its search_path set to it."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    schema = f"fleetd_faults_{os.getpid()}_{time.monotonic_ns()}"
+
+    def execute(statement: str) -> None:
+        subprocess.run(["psql", dsn, "-c", statement], check=True, capture_output=True)
+
+    execute(f"CREATE SCHEMA {schema}")
+    parts = urlsplit(dsn)
+    query = [*parse_qsl(parts.query), ("search_path", schema)]
+    try:
+        yield schema, urlunsplit(parts._replace(query=urlencode(query)))
+    finally:
+        execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def pg_marks(dsn: str, schema: str) -> dict[str, str]:
+    query = f"SELECT record, resolution FROM {schema}.fleetd_marks"
+    done = subprocess.run(
+        ["psql", dsn, "-At", "-F", "\t", "-c", query],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(line.split("\t") for line in done.stdout.splitlines())
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_VERSION, reason="no local PostgreSQL cluster to restart")
+def test_postgresql_restart_daemon_retries(site: Site) -> None:
+    dsn = os.environ.get("FLEETD_TEST_PG_DSN")
+    if not dsn:
+        pytest.skip("FLEETD_TEST_PG_DSN is not set: no PostgreSQL server to test")
+    new = {f"r{index:02d}" for index in range(10)}
+    with pg_schema(dsn) as (schema, url):
+        site.write("20-state.toml", f'[daemon]\nstate = "{url}"\n')
+        site.write("store.agent", AGENT)
+        process = site.start("run", "--log-target", "json")
+        try:
+            site.request("first", value=0)
+            wait_for(lambda: "first" in committed_reports(site), 20, "a first commit")
+            try:
+                pg_cluster("stop")
+                for record in new:
+                    site.request(record, value=1)
+                wait_for(lambda: len(retries(site)) >= 2, 30, "retries")
+                reported_while_down = committed_reports(site) & new
+            finally:
+                pg_cluster("start")
+            wait_for(lambda: committed_reports(site) >= new, 60, "the commits")
+            running = process.poll() is None
+        finally:
+            status = stop(process)
+        marks = pg_marks(dsn, schema)
+
+    assert running, "the daemon exited"
+    assert status == 0
+    assert reported_while_down == set(), "reported committed while not durable"
+    for record in new | {"first"}:
+        assert marks.get(record) == "committed", record
+    assert site.leftover_processes() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_VERSION, reason="no local PostgreSQL cluster to restart")
+def test_postgresql_down_stop_exits(site: Site) -> None:
+    dsn = os.environ.get("FLEETD_TEST_PG_DSN")
+    if not dsn:
+        pytest.skip("FLEETD_TEST_PG_DSN is not set: no PostgreSQL server to test")
+    new = {f"r{index:02d}" for index in range(6)}
+    with pg_schema(dsn) as (schema, url):
+        site.write(
+            "20-state.toml",
+            f'[daemon]\nstate = "{url}"\nshutdown_grace = "1s"\n'
+            'cleanup_timeout = "1s"\n',
+        )
+        site.write("store.agent", AGENT)
+        process = site.start("run", "--log-target", "json")
+        try:
+            site.request("first", value=0)
+            wait_for(lambda: "first" in committed_reports(site), 20, "a first commit")
+            try:
+                pg_cluster("stop")
+                for record in new:
+                    site.request(record, value=1)
+                wait_for(lambda: len(retries(site)) >= 2, 30, "retries")
+                process.send_signal(signal.SIGTERM)
+                status = process.wait(timeout=40)
+            finally:
+                pg_cluster("start")
+        finally:
+            if process.poll() is None:
+                process.kill()
+        marks = pg_marks(dsn, schema)
+
+    assert status == 0
+    for record in committed_reports(site):
+        assert marks.get(record) == "committed", record
+    assert committed_reports(site) & new == set()
+    assert site.leftover_processes() == []
