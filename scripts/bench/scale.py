@@ -396,8 +396,8 @@ def print_report(data: dict[str, Any]) -> None:
             print(
                 f"  round {index}: {r['committed']}/{inflight['agents']} committed,"
                 f" {r['runs_finished']} finished, reloads applied"
-                f" {r['reloads_applied']} ({r['reload_done_after_s']} s after the"
-                f" runs started), errors {len(r['errors'])}, exit {r['exit_status']}"
+                f" {r['reloads_applied']} ({r['reload_done_after_s']} s after"
+                f" READY=1), errors {len(r['errors'])}, exit {r['exit_status']}"
             )
         print(f"  no run disturbed: {inflight['undisturbed']}")
 
