@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import os
 import signal
@@ -38,8 +39,8 @@ import structlog
 
 log = structlog.get_logger()
 
-# Spawning is short, but exec of a program on a slow file system may block
-# a thread for a while; four threads keep one slow start from stalling all.
+# Spawning is short, but an exec from a slow file system can block its
+# thread for a while. With four threads, one slow start stalls no others.
 _SPAWN_THREADS = 4
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -176,7 +177,8 @@ async def start_program(
     except BaseException:
         # Without its pipes the program could block on a full one; stop it.
         # The pidfd still reaps it.
-        os.killpg(popen.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
         program.close()
         for pipe in (popen.stdout, popen.stderr):
             if pipe is not None:
