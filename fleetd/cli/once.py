@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -229,6 +230,7 @@ class ReportOutput:
         self.as_json = as_json
         self.terminal = terminal
         self.failed = False
+        self.stdout_failed = False
         self._reports: list[RunReport] = []
         self._agent: LoadedAgent | None = None
         self._started = 0.0
@@ -236,8 +238,35 @@ class ReportOutput:
 
     def echo(self, line: str) -> None:
         self._clear_progress()
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        self.write(line + "\n")
+
+    def write(self, text: str) -> None:
+        """Write `text` to standard output, or drop it once that failed.
+
+        A reader that closes the pipe early (`fleetd once | head`) or a full
+        disk must not fail the runs in progress. Their ECHO lines and reports
+        are dropped, but each run still ends in its commit or rollback, and
+        the exit status still follows the outcomes.
+        """
+        if self.stdout_failed:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError as error:
+            self.stdout_failed = True
+            # Point the descriptor at /dev/null, so that the flush at exit
+            # does not raise the same error again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            import structlog
+
+            structlog.get_logger().warning(
+                "stdout_failed",
+                error=error.strerror or str(error),
+                effect="the remaining ECHO lines and reports are dropped",
+            )
 
     def start_agent(self, loaded: LoadedAgent) -> None:
         self._agent = loaded
@@ -249,8 +278,7 @@ class ReportOutput:
             self.failed = True
         self._reports.append(report)
         if self.as_json:
-            sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+            self.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
         elif self.terminal is not None:
             self._show_progress()
 
@@ -259,7 +287,7 @@ class ReportOutput:
         if self.as_json or self._agent is None:
             return
         agent = self._agent.agent
-        sys.stdout.write(
+        self.write(
             agent_table(
                 agent.name,
                 agent.mnemonic,
@@ -268,7 +296,6 @@ class ReportOutput:
                 time.monotonic() - self._started,
             )
         )
-        sys.stdout.flush()
 
     def finish(self) -> None:
         self._clear_progress()

@@ -301,7 +301,14 @@ async def execute_leaf(
                 "pretend_echo", command=command_text(command), text=state.redact(text)
             )
         else:
-            state.echo(text)
+            try:
+                state.echo(text)
+            except OSError as error:
+                # A full disk or a closed pipe fails only this command, so
+                # the run goes on to Cleanup and resolves its lock.
+                raise CommandError(
+                    f"cannot write to standard output: {error.strerror or error}"
+                ) from error
     elif isinstance(command, Log):
         text = interpolate_text(command.text, scope)
         if state.pretend:

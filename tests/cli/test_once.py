@@ -311,3 +311,109 @@ def test_root_rejects_foreign_toml_file(site: Site) -> None:
     result = site.run("once")
     assert result.returncode == 2
     assert f"{path}: owned by uid 4242, expected root" in result.stderr
+
+
+ECHOING = """\
+NAME     Echoing
+MNEMONIC echoing
+WORKFLOW requests
+
+ECHO starting ${this.id}
+SET this.status = "done"
+CLEANUP
+    ECHO cleaned ${this.id}
+END
+"""
+
+
+def assert_all_committed(site: Site, records: list[str]) -> None:
+    status = site.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["locks"] == []
+    for record in records:
+        fields = json.loads((site.spool / f"{record}.json").read_text())
+        assert fields["status"] == "done", record
+    rerun = site.run("once", "--json")
+    outcomes = {json.loads(line)["outcome"] for line in rerun.stdout.splitlines()}
+    assert outcomes == {"done"}
+
+
+def test_closed_stdout_leaves_no_lock(site: Site) -> None:
+    site.write("echoing.agent", ECHOING)
+    records = [f"r{number:02d}" for number in range(20)]
+    for record in records:
+        site.request(record, status="new")
+    process = subprocess.Popen(
+        fleetd_command() + ["--conf-dir", str(site.conf_dir), "once"],
+        cwd=site.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    # The reader leaves before fleetd writes anything, as `| head -0` would.
+    assert process.stdout is not None
+    process.stdout.close()
+    stderr = process.stderr.read() if process.stderr else ""
+    process.wait(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "stdout_failed" in stderr
+    assert_all_committed(site, records)
+
+
+def test_full_stdout_leaves_no_lock(site: Site) -> None:
+    site.write("echoing.agent", ECHOING)
+    records = ["r1", "r2", "r3"]
+    for record in records:
+        site.request(record, status="new")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            fleetd_command() + ["--conf-dir", str(site.conf_dir), "once", "--json"],
+            cwd=site.root,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "No space left on device" in result.stderr
+    assert_all_committed(site, records)
+
+
+def test_daemon_echo_to_full_disk_fails_command(site: Site) -> None:
+    site.write("90-fast.toml", '[daemon]\nsplay = "0s"\n')
+    site.write(
+        "echoing.agent",
+        "NAME Echoing\nMNEMONIC echoing\nWORKFLOW requests\nSCHEDULE every 1s\n"
+        "ECHO starting ${this.id}\nCLEANUP\n  EXEC_COMMAND true\nEND\n",
+    )
+    site.request("r1", status="new")
+    with open("/dev/full", "w") as full:
+        process = subprocess.Popen(
+            fleetd_command() + ["--conf-dir", str(site.conf_dir), "run"],
+            cwd=site.root,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        entries: list[dict] = []
+        while not entries and time.monotonic() < deadline:
+            time.sleep(0.2)
+            history = site.run("history", "r1", "--json")
+            entries = [json.loads(line) for line in history.stdout.splitlines()]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert entries, stderr
+    assert entries[0]["resolution"] == "rolled_back"
+    assert "cannot write to standard output" in entries[0]["reason"]
+    status = site.run("status", "--json")
+    assert json.loads(status.stdout)["locks"] == []
