@@ -155,12 +155,16 @@ async def run_cycles(
                         break
                     output.start_agent(loaded)
                     error_before = engine.statistics().last_error
-                    await engine.run_cycle(loaded, on_report=output.report)
+                    reports = await engine.run_cycle(loaded, on_report=output.report)
                     # The engine logs a cycle whose workflow could not be
                     # listed and records it as its last error; that fails
                     # `once` too.
-                    if engine.statistics().last_error is not error_before:
+                    error_after = engine.statistics().last_error
+                    if error_after is not error_before:
                         output.failed = True
+                        reasons = {f"{r.agent}: {r.reason}" for r in reports}
+                        if error_after not in reasons:
+                            output.cycle_error = error_after
                     output.end_agent()
                 group.cancel_scope.cancel()
 
@@ -231,6 +235,8 @@ class ReportOutput:
         self.terminal = terminal
         self.failed = False
         self.stdout_failed = False
+        # Why the current agent's cycle failed before any run, if it did.
+        self.cycle_error: str | None = None
         self._reports: list[RunReport] = []
         self._agent: LoadedAgent | None = None
         self._started = 0.0
@@ -272,6 +278,7 @@ class ReportOutput:
         self._agent = loaded
         self._reports = []
         self._started = time.monotonic()
+        self.cycle_error = None
 
     def report(self, report: RunReport) -> None:
         if report.outcome.is_failure:
@@ -296,6 +303,9 @@ class ReportOutput:
                 time.monotonic() - self._started,
             )
         )
+        if self.cycle_error is not None:
+            reason = self.cycle_error.removeprefix(f"{agent.name}: ")
+            self.write(f"  cycle failed: {reason}\n")
 
     def finish(self) -> None:
         self._clear_progress()
@@ -339,10 +349,11 @@ def agent_table(
 
     One row per outcome with its count and first records, then one line
     for each record that ended in error, invalid, rolled back, locked or
-    pretend, with its reason.
+    pretend, or is done but in error, with its reason.
     """
     text = f"{name} (mnemonic {mnemonic}, workflow {workflow}): "
-    text += f"{len(reports)} records in {seconds:.1f} s\n"
+    noun = "record" if len(reports) == 1 else "records"
+    text += f"{len(reports)} {noun} in {seconds:.1f} s\n"
     if not reports:
         return text
     by_outcome: dict[str, list[str]] = {}
@@ -357,7 +368,9 @@ def agent_table(
         rows.append([outcome, len(records), shown])
     text += format_table(["OUTCOME", "COUNT", "RECORDS"], rows) + "\n"
     for report in sorted(reports, key=lambda r: r.record or ""):
-        if report.outcome.value not in EXPLAINED_OUTCOMES:
+        # A record this mnemonic left in error stays `done` until retried.
+        in_error = report.outcome.value == "done" and report.reason == "in error"
+        if report.outcome.value not in EXPLAINED_OUTCOMES and not in_error:
             continue
         record = "-" if report.record is None else report.record
         outcome = report.outcome.value

@@ -185,6 +185,31 @@ def test_table_output_without_json(site: Site) -> None:
     assert "  r3 (invalid): expected a JSON object, got a JSON array" in lines
 
 
+def test_table_names_done_records_in_error(site: Site) -> None:
+    site.write(
+        "failing.agent",
+        "NAME Failing\nMNEMONIC failing\nWORKFLOW requests\nEXEC_COMMAND false\n",
+    )
+    site.request("r1", status="approved")
+    first = site.run("once")
+    assert first.returncode == 1
+    assert "Failing (mnemonic failing, workflow requests): 1 record in" in first.stdout
+    second = site.run("once")
+    assert second.returncode == 0, second.stderr
+    assert "  r1 (done): in error" in second.stdout.splitlines()
+
+
+def test_table_names_unlistable_workflow(site: Site) -> None:
+    site.write("provision.agent", PROVISION)
+    site.spool.rmdir()
+    result = site.run("once")
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Provision (mnemonic provision, workflow requests)")
+    assert lines[1].startswith("  cycle failed: spool requests: cannot list ")
+    assert lines[1].endswith("No such file or directory")
+
+
 def test_verbosity_before_and_after_command(site: Site) -> None:
     site.write("host.agent", "NAME Host\nMNEMONIC host\nEXEC_COMMAND echo hi\n")
     quiet = site.run("-q", "-q", "once", "-q")
