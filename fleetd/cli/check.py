@@ -30,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
                 f"{mnemonic}: they exclude each other record by record"
             )
     for loaded in agent_set.agents.values():
-        if not loaded.scheduled:
+        # An agent kept unscheduled by a load error was reported above.
+        if not loaded.scheduled and loaded.reason not in errors:
             error(f"note: agent {loaded.agent.name} is not scheduled: {loaded.reason}")
 
     if errors:

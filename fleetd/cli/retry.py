@@ -27,22 +27,39 @@ def main(args: argparse.Namespace) -> int:
         error(f"fleetd: no agent named {args.agent!r} in {config.conf_dir}")
         return EXIT_USAGE
     mnemonic = loaded.agent.mnemonic
-    cleared = run_async(config, clear_marks, config.daemon.state, mnemonic,
-                        args.records)  # fmt: skip
-    error(
+    cleared, unmarked = run_async(config, clear_marks, config.daemon.state,
+                                  mnemonic, args.records)  # fmt: skip
+    for record in unmarked:
+        error(
+            f"fleetd: record {record!r} has no mark for mnemonic {mnemonic}: "
+            "it is neither committed nor in error, so there was nothing to clear"
+        )
+    message = (
         f"cleared {cleared} of {len(args.records)} marks for mnemonic {mnemonic} "
-        f"(agent {args.agent}); the next cycle runs those records again"
+        f"(agent {args.agent})"
     )
+    if cleared:
+        message += "; the next cycle runs those records again"
+    error(message)
 
     return EXIT_OK
 
 
-async def clear_marks(url: str, mnemonic: str, records: list[str]) -> int:
+async def clear_marks(
+    url: str, mnemonic: str, records: list[str]
+) -> tuple[int, list[str]]:
+    """Clear the marks of `records`; return how many, and the records without one."""
     from fleetd.locks import open_store
 
     store = open_store(url)
     await store.open()
     try:
-        return await store.retry(mnemonic, records)
+        marked = {
+            mark.key.record
+            for mark in await store.marks()
+            if mark.key.mnemonic == mnemonic
+        }
+        unmarked = [record for record in records if record not in marked]
+        return await store.retry(mnemonic, records), unmarked
     finally:
         await store.close()

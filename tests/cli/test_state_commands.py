@@ -110,10 +110,37 @@ def test_retry_brings_error_back(site: Site, reports) -> None:
     assert reports(third.stdout)[0]["outcome"] == "error"
 
 
+def test_retry_names_records_without_mark(site: Site) -> None:
+    site.write("broken.agent", BROKEN)
+    site.request("dave", status="approved")
+    assert site.run("once").returncode == 1
+    retry = site.run("retry", "-a", "Broken", "dave", "nobody")
+    assert retry.returncode == 0
+    assert "record 'nobody' has no mark for mnemonic broken" in retry.stderr
+    assert "record 'dave'" not in retry.stderr
+    assert "cleared 1 of 2 marks for mnemonic broken" in retry.stderr
+    again = site.run("retry", "-a", "Broken", "dave")
+    assert "record 'dave' has no mark for mnemonic broken" in again.stderr
+    assert "cleared 0 of 1 marks" in again.stderr
+    assert "the next cycle runs" not in again.stderr
+
+
 def test_retry_unknown_agent_exits_2(site: Site) -> None:
     result = site.run("retry", "-a", "Nobody", "dave")
     assert result.returncode == 2
     assert "no agent named 'Nobody'" in result.stderr
+
+
+def test_check_reports_unknown_workflow_once(site: Site) -> None:
+    path = site.write("lost.agent", "NAME Lost\nMNEMONIC lost\nWORKFLOW nosuch\n")
+    site.write("late.agent", "NAME Late\nMNEMONIC late\nPREREQUISITE FALSE\n")
+    result = site.run("check")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    unknown = re.compile(rf"{re.escape(str(path))}:\d+:\d+: unknown workflow 'nosuch'")
+    assert len([line for line in lines if unknown.fullmatch(line)]) == 1
+    assert not any(line.startswith("note: agent Lost ") for line in lines)
+    assert any(line.startswith("note: agent Late is not scheduled: ") for line in lines)
 
 
 def test_check_reports_errors_with_position(site: Site) -> None:
