@@ -1,13 +1,15 @@
-"""Hold SIGTERM and SIGINT from process start until the event loop receives them.
+"""Hold signals from process start until the event loop receives them.
 
 `fleetd run` and `fleetd once` take a few hundred milliseconds to import
 their modules before the event loop listens for signals. A SIGTERM in that
 window would kill the process with the default action (exit status -15),
-and a SIGINT would raise KeyboardInterrupt in whatever was importing.
+a SIGINT would raise KeyboardInterrupt in whatever was importing, and a
+SIGHUP (a reload request to the daemon) would kill it.
+
 Inside `deferred()`, a handler only records the signal. `redeliver`,
 called once the loop's receiver is in place, raises each recorded signal
-again, so the receiver handles it like any other: a graceful stop with
-exit status 0. A signal that arrives after the receiver closed is recorded
+again, so the receiver handles it like any other: SIGTERM and SIGINT
+stop gracefully with exit status 0, and SIGHUP reloads. A signal that arrives after the receiver closed is recorded
 and dropped when `deferred()` exits, because the process is stopping then.
 
 This module imports only the standard library, so the CLI can enter

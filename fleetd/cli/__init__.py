@@ -7,6 +7,7 @@ when it runs, so `fleetd --version` and `fleetd once` start fast.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -33,11 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_target_sub is not None:
         args.log_target = args.log_target_sub
 
-    # Until the event loop receives them, SIGTERM and SIGINT only get
-    # recorded in `run` and `once`, so a stop during startup is graceful.
-    defer = args.command in ("run", "once")
+    # Until the event loop receives them, SIGTERM and SIGINT (and SIGHUP for
+    # the daemon) only get recorded, so a stop or reload during startup
+    # neither kills the process nor is lost.
+    deferred: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if args.command == "run":
+        deferred = deferred_signals.deferred(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        )
+    elif args.command == "once":
+        deferred = deferred_signals.deferred((signal.SIGTERM, signal.SIGINT))
     try:
-        with deferred_signals.deferred() if defer else contextlib.nullcontext():
+        with deferred:
             return int(args.handler(args))
     except CommandFailed as stop:
         return stop.status

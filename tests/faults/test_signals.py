@@ -150,3 +150,17 @@ def test_stop_during_startup_is_graceful(
     process.send_signal(signal.SIGTERM)
 
     check_stopped(site, process)
+
+
+def test_sighup_storm_during_startup(site: Site) -> None:
+    prepare(site, records=6, seed=11)
+    process = site.start("run", "--log-target", "json")
+    wait_sigterm_caught(process.pid)
+    for _ in range(50):
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.005)
+    site.wait_for_marker("start")
+    assert process.poll() is None, "fleetd exited on SIGHUP during startup"
+    process.send_signal(signal.SIGTERM)
+
+    check_stopped(site, process)
