@@ -237,7 +237,10 @@ def test_status_lists_held_lock(site: Site) -> None:
             time.sleep(0.05)
         result = site.run("status", "--json")
     finally:
+        # The second signal skips the shutdown grace. Sent at once, the two
+        # could merge into one pending signal in the kernel.
         process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     assert result.returncode == 0, result.stderr
