@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument(
         "--pretend",
         action="store_true",
-        help="evaluate Requirements and Check only: show the Run and Cleanup "
-        "commands without executing them, take no lock, write nothing",
+        help="evaluate Requirements and Check only: log at info level the Run "
+        "and Cleanup commands without executing them, take no lock, write "
+        "nothing",
     )
     once.add_argument(
         "--json",
