@@ -4,7 +4,8 @@
 of objects or as JSON lines, one object per line. Each object's `id` is the
 record id; the other keys are its fields. `update_command` receives one
 record with its staged changes applied, as one JSON object on its standard
-input, and must exit 0.
+input, and must exit 0. The `id` in that object keeps its JSON type: a
+number listed as `7` is sent back as `7`, not `"7"`.
 
 Both run without a shell, from an argument list, in their own process
 group: on timeout the whole group gets SIGTERM, then SIGKILL after 5 s.
@@ -43,6 +44,9 @@ class CommandWorkflow:
         self.list_command = list(list_command)
         self.update_command = list(update_command) if update_command else None
         self.timeout = timeout
+        # Each listed id as list_command printed it (a number stays a number
+        # in what update_command receives), by its text, the record id.
+        self._listed_ids: dict[str, str | int | float] = {}
 
     async def records(self) -> list[Record]:
         output = await self._run(self.list_command, b"", "list_command")
@@ -53,8 +57,12 @@ class CommandWorkflow:
                 f"command workflow {self.name}: list_command printed no JSON "
                 f"array or JSON lines: {error}"
             ) from error
+        records = [_record(number, item) for number, item in enumerate(items, 1)]
+        for record, item in zip(records, items, strict=True):
+            if record.invalid is None and record.id is not None:
+                self._listed_ids[record.id] = item["id"]
 
-        return [_record(number, item) for number, item in enumerate(items, 1)]
+        return records
 
     async def commit(self, record: Record, changes: dict[str, Any]) -> None:
         if self.update_command is None:
@@ -62,7 +70,8 @@ class CommandWorkflow:
                 f"command workflow {self.name}: no update_command to commit "
                 f"changes of record {record.id} ({', '.join(changes)})"
             )
-        document = {**record.fields, **changes, "id": record.id}
+        listed_id = self._listed_ids.get(str(record.id), record.id)
+        document = {**record.fields, **changes, "id": listed_id}
         payload = json.dumps(document, ensure_ascii=False).encode() + b"\n"
         await self._run(self.update_command, payload, "update_command")
 

@@ -98,6 +98,22 @@ async def test_update_command_gets_record_on_stdin(tmp_path: Path) -> None:
     }
 
 
+async def test_update_keeps_numeric_id(tmp_path) -> None:
+    out = tmp_path / "update.json"
+    update = [
+        PYTHON,
+        "-c",
+        f"import sys; open({str(out)!r}, 'w').write(sys.stdin.read())",
+    ]
+    listing = json.dumps([{"id": 7, "x": 1}, {"id": "8", "x": 2}])
+    workflow = CommandWorkflow("cmd", lister(listing), update)
+    seven, eight = await workflow.records()
+    await workflow.commit(seven, {"x": 10})
+    assert json.loads(out.read_text()) == {"id": 7, "x": 10}
+    await workflow.commit(eight, {"x": 20})
+    assert json.loads(out.read_text()) == {"id": "8", "x": 20}
+
+
 async def test_failing_update_command_fails() -> None:
     update = [PYTHON, "-c", "import sys; sys.exit(1)"]
     workflow = CommandWorkflow("cmd", lister("[]"), update)
