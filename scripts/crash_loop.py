@@ -3,7 +3,8 @@
 Usage: python scripts/crash_loop.py [--kills 50] [--records 60] [--seed N]
                                     [--mode run|once] [--keep DIR]
 
-A spool of records is worked through by one agent whose Run sleeps a
+A spool of records (with `--mode once`, 3 more before each start) is
+worked through by one agent whose Run sleeps a
 random fraction of a second in a program that leaves a marker file
 `<record>.start.<pid>` when it starts and `<record>.end.<pid>` when it ends.
 fleetd (`fleetd run`, or repeated `fleetd once`) is started, killed with
@@ -111,10 +112,17 @@ class CrashSite:
             '[workflows.requests]\nkind = "spool"\npath = "../spool"\n'
         )
         (self.conf_dir / "crash.agent").write_text(AGENT.replace("@ROOT@", str(root)))
-        self.record_ids = [f"r{index:03d}" for index in range(records)]
-        for record in self.record_ids:
-            delay = f"{rng.uniform(0.0, 0.4):.3f}"
+        self.rng = rng
+        self.record_ids: list[str] = []
+        self.add_records(records)
+
+    def add_records(self, count: int) -> None:
+        """Add `count` new records, each with a random Run time."""
+        for _ in range(count):
+            record = f"r{len(self.record_ids):04d}"
+            delay = f"{self.rng.uniform(0.0, 0.4):.3f}"
             (self.spool / f"{record}.json").write_text(json.dumps({"delay": delay}))
+            self.record_ids.append(record)
 
     def command(self, *args: str) -> list[str]:
         return fleetd_command() + ["--conf-dir", str(self.conf_dir), *args]
@@ -177,6 +185,7 @@ def crash_loop(
     seed: int,
     mode: str = "run",
     max_delay: float = 1.5,
+    new_per_start: int = 3,
 ) -> CrashResult:
     """Start and SIGKILL fleetd `kills` times, finish with `once`, check the store."""
     rng = random.Random(seed)
@@ -184,8 +193,11 @@ def crash_loop(
     result = CrashResult(records=records)
     started = time.monotonic()
     # A `once` that finished its records before the kill counts as a start
-    # only; the loop goes on until `kills` kills or three times as many starts.
+    # only; the loop goes on until `kills` kills or three times as many
+    # starts. Each `once` gets new records too, so it has work to be killed in.
     while result.kills < kills and result.starts < 3 * kills:
+        if mode == "once" and result.starts:
+            site.add_records(new_per_start)
         process = site.start(mode)
         result.starts += 1
         time.sleep(rng.uniform(0.05, max_delay))
@@ -207,6 +219,7 @@ def crash_loop(
     )
     result.final_exit = final.returncode
     result.seconds = round(time.monotonic() - started, 1)
+    result.records = len(site.record_ids)
 
     marks = site.marks()
     counts = site.started()
