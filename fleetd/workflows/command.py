@@ -14,7 +14,6 @@ group: on timeout the whole group gets SIGTERM, then SIGKILL after 5 s.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 from fleetd.workflows.base import Record
 from fleetd.workflows.errors import WorkflowError
+from fleetd.workflows.strict_json import dump_json, load_json
 
 KILL_GRACE_S = 5.0
 STDERR_TAIL = 500
@@ -72,7 +72,13 @@ class CommandWorkflow:
             )
         listed_id = self._listed_ids.get(str(record.id), record.id)
         document = {**record.fields, **changes, "id": listed_id}
-        payload = json.dumps(document, ensure_ascii=False).encode() + b"\n"
+        try:
+            payload = dump_json(document).encode() + b"\n"
+        except ValueError as error:
+            raise WorkflowError(
+                f"command workflow {self.name}: record {record.id}: cannot "
+                f"write the changes as JSON: {error}"
+            ) from error
         await self._run(self.update_command, payload, "update_command")
 
     async def _run(self, argv: list[str], stdin: bytes, key: str) -> bytes:
@@ -118,12 +124,12 @@ def parse_listing(text: str) -> list[Any]:
     if not stripped:
         return []
     if stripped.startswith("["):
-        items = json.loads(stripped)
+        items = load_json(stripped)
         if not isinstance(items, list):
             raise ValueError("expected a JSON array")
         return items
 
-    return [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    return [load_json(line) for line in stripped.splitlines() if line.strip()]
 
 
 def _record(number: int, item: Any) -> Record:

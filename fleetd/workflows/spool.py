@@ -15,7 +15,6 @@ others can write cannot make fleetd read or rewrite files outside it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ import anyio.to_thread
 
 from fleetd.workflows.base import Record
 from fleetd.workflows.errors import WorkflowError
+from fleetd.workflows.strict_json import dump_json, load_json
 
 SUFFIX = ".json"
 
@@ -79,7 +79,7 @@ class SpoolWorkflow:
         if not target.is_file():
             return Record(id=record_id, invalid="not a regular file")
         try:
-            data = json.loads(target.read_bytes())
+            data = load_json(target.read_bytes())
         except OSError as error:
             return Record(id=record_id, invalid=f"cannot read: {error.strerror}")
         except UnicodeDecodeError:
@@ -105,7 +105,7 @@ class SpoolWorkflow:
         if problem is not None:
             raise WorkflowError(f"spool {self.name}: record {record.id}: {problem}")
         try:
-            current = json.loads(target.read_bytes())
+            current = load_json(target.read_bytes())
         except (OSError, ValueError, RecursionError) as error:
             raise WorkflowError(
                 f"spool {self.name}: record {record.id}: cannot read it back "
@@ -116,8 +116,14 @@ class SpoolWorkflow:
                 f"spool {self.name}: record {record.id}: no longer a JSON object"
             )
         current.update(changes)
-        text = json.dumps(current, indent=2, ensure_ascii=False) + "\n"
-        write_atomically(target, text.encode())
+        try:
+            text = dump_json(current, indent=2)
+        except ValueError as error:
+            raise WorkflowError(
+                f"spool {self.name}: record {record.id}: cannot write the "
+                f"changes as JSON: {error}"
+            ) from error
+        write_atomically(target, (text + "\n").encode())
 
 
 def write_atomically(target: Path, data: bytes) -> None:

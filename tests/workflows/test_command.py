@@ -114,6 +114,16 @@ async def test_update_keeps_numeric_id(tmp_path) -> None:
     assert json.loads(out.read_text()) == {"id": "8", "x": 20}
 
 
+async def test_non_finite_numbers_rejected() -> None:
+    workflow = CommandWorkflow("cmd", lister('[{"id": "a", "n": NaN}]'))
+    with pytest.raises(WorkflowError, match="NaN is not a JSON value"):
+        await workflow.records()
+    update = [PYTHON, "-c", "import sys; sys.stdin.read()"]
+    workflow = CommandWorkflow("cmd", lister("[]"), update)
+    with pytest.raises(WorkflowError, match="cannot write the changes as JSON"):
+        await workflow.commit(Record(id="a"), {"n": float("nan")})
+
+
 async def test_failing_update_command_fails() -> None:
     update = [PYTHON, "-c", "import sys; sys.exit(1)"]
     workflow = CommandWorkflow("cmd", lister("[]"), update)

@@ -113,3 +113,25 @@ async def test_open_workflow_builds_spool(spool: Path) -> None:
     assert workflow.name == "req"
     assert workflow.kind == "spool"
     assert [r.id for r in await workflow.records()] == ["x"]
+
+
+async def test_non_finite_numbers_are_invalid(spool: Path) -> None:
+    (spool / "nan.json").write_text('{"n": NaN}')
+    (spool / "inf.json").write_text('{"n": -Infinity}')
+    (spool / "huge.json").write_text('{"n": 1e999}')
+    (spool / "fine.json").write_text('{"n": 1.5e3}')
+    records = {r.id: r for r in await SpoolWorkflow("req", spool).records()}
+    assert records["nan"].invalid == "invalid JSON: NaN is not a JSON value"
+    assert records["inf"].invalid == "invalid JSON: -Infinity is not a JSON value"
+    assert records["huge"].invalid == "invalid JSON: number 1e999 is out of range"
+    assert records["fine"].invalid is None
+    assert records["fine"].fields == {"n": 1500.0}
+
+
+async def test_commit_of_non_finite_value_fails(spool: Path) -> None:
+    (spool / "a.json").write_text('{"n": 1}')
+    workflow = SpoolWorkflow("req", spool)
+    [record] = await workflow.records()
+    with pytest.raises(WorkflowError, match="cannot write the changes as JSON"):
+        await workflow.commit(record, {"n": float("inf")})
+    assert json.loads((spool / "a.json").read_text()) == {"n": 1}
