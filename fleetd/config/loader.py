@@ -37,6 +37,7 @@ from fleetd.config.state import default_state_url, resolve_state_url
 DEFAULT_CONF_DIR = Path("/etc/fleetd/conf.d")
 TOP_LEVEL_TABLES = ("daemon", "globals", "workflows")
 PATH_GLOBAL_SUFFIXES = ("_dir", "_path")
+POSITIVE_DURATIONS = ("interval", "cleanup_timeout", "lease")
 _LEFTOVER_SUFFIXES = ("~", ".swp", ".rpmnew", ".rpmsave")
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -345,8 +346,11 @@ def _validate_daemon(
             values[key] = convert_value(spec, value)
         except ValueError as error:
             errors.append(f"{where('daemon', key)}: {error}")
-    if values.get("lease") == 0:
-        errors.append(f"{where('daemon', 'lease')}: expected a duration above 0")
+    # A zero interval would run cycles back to back, a zero cleanup_timeout
+    # would cancel every Cleanup, and a zero lease would expire at once.
+    for key in POSITIVE_DURATIONS:
+        if values.get(key) == 0:
+            errors.append(f"{where('daemon', key)}: expected a duration above 0")
     values.setdefault("state", default_state_url())
 
     return DaemonSettings(**values)

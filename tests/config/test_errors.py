@@ -49,6 +49,14 @@ def errors_of(conf_dir: Path) -> list[str]:
             "daemon.lease: expected a duration above 0",
         ),
         (
+            '[daemon]\ninterval = "0s"\n',
+            "daemon.interval: expected a duration above 0",
+        ),
+        (
+            "[daemon]\ncleanup_timeout = 0\n",
+            "daemon.cleanup_timeout: expected a duration above 0",
+        ),
+        (
             '[daemon]\nsafe_path = "/usr/bin"\n',
             "daemon.safe_path: expected a list of folder paths, got a string",
         ),
