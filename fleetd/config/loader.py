@@ -32,6 +32,7 @@ from fleetd.config.schema import (
     WORKFLOW_PATH_KEYS,
     convert_value,
 )
+from fleetd.config.secrets import redact_url
 from fleetd.config.state import default_state_url, resolve_state_url
 
 DEFAULT_CONF_DIR = Path("/etc/fleetd/conf.d")
@@ -446,6 +447,16 @@ def _validate_workflow(
             errors.append(
                 f"{where('workflows', name)}: missing key {key}, expected {spec.form}"
             )
+    dsn = options.get("dsn")
+    if isinstance(dsn, str) and not dsn.startswith(("postgresql://", "postgres://")):
+        errors.append(
+            f"{where('workflows', name, 'dsn')}: expected a postgresql:// URL, "
+            f"got {redact_url(dsn)!r}"
+        )
+    if options.get("timeout") == 0:
+        errors.append(
+            f"{where('workflows', name, 'timeout')}: expected a duration above 0"
+        )
     for key in WORKFLOW_PATH_KEYS.get(kind, ()):
         if key in options:
             options[key] = os.path.normpath(options[key])
