@@ -110,6 +110,7 @@ def run_async(config: Config, function: Any, *args: Any) -> Any:
     import sqlite3
 
     import anyio
+    import asyncpg
 
     from fleetd.config import redact_url
     from fleetd.locks import SchemaError
@@ -122,10 +123,17 @@ def run_async(config: Config, function: Any, *args: Any) -> Any:
             backend="asyncio",
             backend_options={"use_uvloop": use_uvloop},
         )
-    except (OSError, sqlite3.Error, SchemaError) as failure:
-        error(
-            f"fleetd: state store {redact_url(config.daemon.state)} failed: "
-            f"{failure}; check the daemon.state setting and the folder's "
-            "permissions"
-        )
+    except (
+        OSError,
+        sqlite3.Error,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        SchemaError,
+    ) as failure:
+        state = config.daemon.state
+        if state.startswith(("postgresql:", "postgres:")):
+            advice = "check the daemon.state setting and that the server is up"
+        else:
+            advice = "check the daemon.state setting and the folder's permissions"
+        error(f"fleetd: state store {redact_url(state)} failed: {failure}; {advice}")
         raise CommandFailed(EXIT_FAILURE) from None

@@ -252,3 +252,18 @@ def test_status_lists_held_lock(site: Site) -> None:
     assert lock["owner"].endswith(f":{process.pid}")
     assert lock["since"] <= lock["expires"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lock["since"])
+
+
+def test_missing_postgresql_database_exits_1(site: Site) -> None:
+    dsn = os.environ.get("FLEETD_TEST_PG_DSN")
+    if not dsn:
+        pytest.skip("FLEETD_TEST_PG_DSN is not set: no PostgreSQL server to test")
+    server = dsn.rsplit("/", 1)[0]
+    site.write("50-state.toml", f'[daemon]\nstate = "{server}/no_such_fleetd_db"\n')
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nECHO hi\n")
+    for command in (["status"], ["once"], ["history", "r1"]):
+        result = site.run(*command)
+        assert result.returncode == 1, command
+        assert "Traceback" not in result.stderr, command
+        assert 'database "no_such_fleetd_db" does not exist' in result.stderr
+        assert "that the server is up" in result.stderr
