@@ -36,9 +36,11 @@ def main(args: argparse.Namespace) -> int:
 
     if errors:
         return EXIT_USAGE
+    agents = len(agent_set.agents)
+    workflows = len(config.workflows)
     error(
-        f"{config.conf_dir}: {len(agent_set.agents)} agents, "
-        f"{len(config.workflows)} workflows, no errors"
+        f"{config.conf_dir}: {agents} agent{'' if agents == 1 else 's'}, "
+        f"{workflows} workflow{'' if workflows == 1 else 's'}, no errors"
     )
 
     return EXIT_OK

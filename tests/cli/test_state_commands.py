@@ -158,7 +158,7 @@ def test_check_passes_and_warns_shared_mnemonic(site: Site) -> None:
     result = site.run("check")
     assert result.returncode == 0
     assert "agents A, B share mnemonic same" in result.stderr
-    assert "2 agents, 1 workflows, no errors" in result.stderr
+    assert "2 agents, 1 workflow, no errors" in result.stderr
 
 
 def test_check_config_error_exits_2(site: Site) -> None:
