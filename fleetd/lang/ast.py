@@ -338,6 +338,8 @@ class Agent:
     timeout: float | None = None  # seconds, bounds Check plus Run
     digest: str = ""  # hash of the source text, for reload caching
     by_phase: dict[Phase, tuple[Command, ...]] = field(default_factory=dict)
+    # Where each header line (NAME, WORKFLOW, ...) starts, for load errors.
+    header_locations: dict[str, Location] = field(default_factory=dict)
 
     def phase(self, phase: Phase) -> tuple[Command, ...]:
         """Return the commands of `phase`, inside the blocks enclosing them.

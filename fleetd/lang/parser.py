@@ -516,6 +516,7 @@ class _FileParser(LineReader):
             timeout=header.get("TIMEOUT"),
             digest=digest,
             by_phase=by_phase,
+            header_locations=dict(self.header_locs),
         )
 
 

@@ -123,15 +123,17 @@ class AgentLoader:
             agent = parsed
             if agent.name in agents:
                 other = agents[agent.name].agent.path
+                where = agent.header_locations.get("NAME", f"{path}:1:1")
                 message = (
-                    f"{path}:1:1: duplicate agent name {agent.name!r},"
+                    f"{where}: duplicate agent name {agent.name!r},"
                     f" already defined in {other}"
                 )
                 errors.append(message)
                 logger.error("agent_invalid", file=str(path), errors=[message])
                 continue
             if agent.workflow != "Null" and agent.workflow not in config.workflows:
-                message = f"{path}:1:1: unknown workflow {agent.workflow!r}"
+                where = agent.header_locations.get("WORKFLOW", f"{path}:1:1")
+                message = f"{where}: unknown workflow {agent.workflow!r}"
                 errors.append(message)
                 logger.error("agent_invalid", file=str(path), errors=[message])
                 agents[agent.name] = LoadedAgent(

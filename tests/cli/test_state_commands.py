@@ -137,10 +137,19 @@ def test_check_reports_unknown_workflow_once(site: Site) -> None:
     result = site.run("check")
     assert result.returncode == 2
     lines = result.stderr.splitlines()
-    unknown = re.compile(rf"{re.escape(str(path))}:\d+:\d+: unknown workflow 'nosuch'")
-    assert len([line for line in lines if unknown.fullmatch(line)]) == 1
+    # The position is that of the WORKFLOW line.
+    assert lines.count(f"{path}:3:1: unknown workflow 'nosuch'") == 1
     assert not any(line.startswith("note: agent Lost ") for line in lines)
     assert any(line.startswith("note: agent Late is not scheduled: ") for line in lines)
+
+
+def test_check_points_at_duplicate_name(site: Site) -> None:
+    site.write("a.agent", "NAME Twin\nMNEMONIC first\nECHO a\n")
+    path = site.write("b.agent", "# copy of a.agent\n\nNAME Twin\nMNEMONIC second\n")
+    result = site.run("check")
+    assert result.returncode == 2
+    expected = f"{path}:3:1: duplicate agent name 'Twin', already defined in "
+    assert expected in result.stderr
 
 
 def test_check_reports_errors_with_position(site: Site) -> None:

@@ -104,4 +104,4 @@ def test_unknown_workflow_leaves_agent_unscheduled(fleet: Fleet) -> None:
     agents = fleet.load()
     loaded = agents.agents["Lost"]
     assert not loaded.scheduled
-    assert agents.errors == (f"{path}:1:1: unknown workflow 'nowhere'",)
+    assert agents.errors == (f"{path}:3:1: unknown workflow 'nowhere'",)
