@@ -35,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
             for e in entries
         ]  # fmt: skip
         header = ["AT", "AGENT", "WORKFLOW", "RESOLUTION", "OWNER", "RUN", "REASON"]
-        sys.stdout.write(f"{args.record}\n{format_table(header, rows)}\n")
+        title = args.record or "Null workflow runs (no record id)"
+        sys.stdout.write(f"{title}\n{format_table(header, rows)}\n")
     else:
         error(f"fleetd: no resolution of record {args.record!r} in the state store")
 

@@ -152,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     history = add(
         "history", "history", "Show every resolution of a record, newest first."
     )
-    history.add_argument("record", metavar="RECORD", help="record id")
+    history.add_argument(
+        "record",
+        metavar="RECORD",
+        help="record id; '' (the empty string) for the runs of Null workflow agents",
+    )
     history.add_argument(
         "-w",
         "--workflow",

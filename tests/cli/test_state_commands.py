@@ -276,3 +276,17 @@ def test_missing_postgresql_database_exits_1(site: Site) -> None:
         assert "Traceback" not in result.stderr, command
         assert 'database "no_such_fleetd_db" does not exist' in result.stderr
         assert "that the server is up" in result.stderr
+
+
+def test_history_of_null_records(site: Site) -> None:
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nEXEC_COMMAND false\n")
+    assert site.run("once").returncode == 1
+    table = site.run("history", "")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("Null workflow runs (no record id)\n")
+    assert "Host" in table.stdout
+    lines = site.run("history", "", "--json").stdout.splitlines()
+    [entry] = [json.loads(line) for line in lines]
+    assert entry["workflow"] == "Null"
+    assert entry["record"] is None
+    assert entry["resolution"] == "error"
