@@ -111,6 +111,9 @@ def check_step(root: Path, step: dict[str, Any]) -> None:
             capture_output=True,
             text=True,
         ).stdout.split()
+        # Only programs of this case count: they run in its folder, while
+        # other tests may run the same command line at the same time.
+        left = [pid for pid in left if _runs_in(pid, root)]
         assert not left, f"processes left running: {left}"
     if "max_seconds" in step:
         # The limits here are far above a normal run; exceeding one means a
@@ -128,3 +131,12 @@ def test_case(name: str, tmp_path: Path) -> None:
         pytest.skip("the case needs root")
     for step in spec["step"]:
         check_step(root, step)
+
+
+def _runs_in(pid: str, root: Path) -> bool:
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False  # exited meanwhile, or not ours to inspect
+
+    return cwd == root or root in cwd.parents

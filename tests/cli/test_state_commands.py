@@ -229,7 +229,7 @@ def test_status_lists_held_lock(site: Site) -> None:
     site.write(
         "slow.agent",
         "NAME Slow\nMNEMONIC slow\nWORKFLOW requests\n"
-        "EXEC_COMMAND touch @ROOT@/started\nEXEC_COMMAND sleep 30.5\n"
+        "EXEC_COMMAND touch @ROOT@/started\nEXEC_COMMAND sleep 29.5\n"
         "CLEANUP\n  ECHO done\nEND\n",
     )
     site.request("held", status="approved")
