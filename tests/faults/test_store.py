@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.faults.support import Site
+from tests.pgserver import PrivateServer
 
 AGENT = """NAME     Store
 MNEMONIC store
@@ -225,20 +226,6 @@ def test_read_only_store_fails_clearly(site: Site) -> None:
     assert marks == {}
 
 
-PG_VERSION = (
-    " ".join(os.listdir("/etc/postgresql")) if Path("/etc/postgresql").is_dir() else ""
-)
-
-
-def pg_cluster(action: str) -> None:
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", action],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 @contextlib.contextmanager
 def pg_schema(dsn: str) -> Iterator[tuple[str, str]]:
     """Yield a fresh schema and `dsn` with its search_path set to it."""
@@ -270,11 +257,10 @@ def pg_marks(dsn: str, schema: str) -> dict[str, str]:
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not PG_VERSION, reason="no local PostgreSQL cluster to restart")
-def test_postgresql_restart_daemon_retries(site: Site) -> None:
-    dsn = os.environ.get("FLEETD_TEST_PG_DSN")
-    if not dsn:
-        pytest.skip("FLEETD_TEST_PG_DSN is not set: no PostgreSQL server to test")
+def test_postgresql_restart_daemon_retries(site: Site, private_server: PrivateServer) -> None:
+    # A server of the test's own: stopping the shared one would fail the
+    # PostgreSQL tests that run beside this one.
+    dsn = private_server.url
     new = {f"r{index:02d}" for index in range(10)}
     with pg_schema(dsn) as (schema, url):
         site.write("20-state.toml", f'[daemon]\nstate = "{url}"\n')
@@ -284,13 +270,13 @@ def test_postgresql_restart_daemon_retries(site: Site) -> None:
             site.request("first", value=0)
             wait_for(lambda: "first" in committed_reports(site), 20, "a first commit")
             try:
-                pg_cluster("stop")
+                private_server.pause()
                 for record in new:
                     site.request(record, value=1)
                 wait_for(lambda: len(retries(site)) >= 2, 30, "retries")
                 reported_while_down = committed_reports(site) & new
             finally:
-                pg_cluster("start")
+                private_server.resume()
             wait_for(lambda: committed_reports(site) >= new, 60, "the commits")
             running = process.poll() is None
         finally:
@@ -306,11 +292,10 @@ def test_postgresql_restart_daemon_retries(site: Site) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not PG_VERSION, reason="no local PostgreSQL cluster to restart")
-def test_postgresql_down_stop_exits(site: Site) -> None:
-    dsn = os.environ.get("FLEETD_TEST_PG_DSN")
-    if not dsn:
-        pytest.skip("FLEETD_TEST_PG_DSN is not set: no PostgreSQL server to test")
+def test_postgresql_down_stop_exits(site: Site, private_server: PrivateServer) -> None:
+    # A server of the test's own: stopping the shared one would fail the
+    # PostgreSQL tests that run beside this one.
+    dsn = private_server.url
     new = {f"r{index:02d}" for index in range(6)}
     with pg_schema(dsn) as (schema, url):
         site.write(
@@ -324,14 +309,14 @@ def test_postgresql_down_stop_exits(site: Site) -> None:
             site.request("first", value=0)
             wait_for(lambda: "first" in committed_reports(site), 20, "a first commit")
             try:
-                pg_cluster("stop")
+                private_server.pause()
                 for record in new:
                     site.request(record, value=1)
                 wait_for(lambda: len(retries(site)) >= 2, 30, "retries")
                 process.send_signal(signal.SIGTERM)
                 status = process.wait(timeout=40)
             finally:
-                pg_cluster("start")
+                private_server.resume()
         finally:
             if process.poll() is None:
                 process.kill()

@@ -1,13 +1,12 @@
 """A PostgreSQL restart while four `fleetd once` processes share a table.
 
-Runs a private server (see tests/locks/test_postgres_restart.py), so it
-needs FLEETD_TEST_PG_BINDIR, the directory of PostgreSQL's programs.
+Runs a private server (tests/pgserver.py), so that restarting it disturbs
+nothing else.
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleet.conftest import PgSite, json_lines
-from tests.locks.test_postgres_restart import PrivateServer
+from tests.pgserver import PrivateServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -34,21 +33,12 @@ MARK = """
 
 
 @pytest.fixture
-def private_site(tmp_path: Path) -> Iterator[tuple[PgSite, PrivateServer]]:
-    bindir = os.environ.get("FLEETD_TEST_PG_BINDIR")
-    if not bindir:
-        pytest.skip(
-            "FLEETD_TEST_PG_BINDIR is not set: no PostgreSQL programs to run a"
-            " private server to restart"
-        )
-    server = PrivateServer(Path(bindir))
-    server.start()
-    try:
-        site = PgSite(tmp_path, server.url, "fleet")
-        site.query("CREATE SCHEMA fleet")
-        yield site, server
-    finally:
-        server.stop()
+def private_site(
+    tmp_path: Path, private_server: PrivateServer
+) -> Iterator[tuple[PgSite, PrivateServer]]:
+    site = PgSite(tmp_path, private_server.url, "fleet")
+    site.query("CREATE SCHEMA fleet")
+    yield site, private_server
 
 
 def test_restart_loses_nothing_runs_nothing_twice(

@@ -339,10 +339,14 @@ def test_sprintf_matches_perl_on_generated_formats() -> None:
             precision = ""
             value = generator.choice(["65", "0", "255", "3.14159"])
         cases.append((f"%{flags}{width}{precision}{conversion}", value))
-    expected = perl_values([f"sprintf(q{{{fmt}}}, q{{{value}}})" for fmt, value in cases])
+    expected = perl_values(
+        [f"sprintf(q{{{fmt}}}, q{{{value}}})" for fmt, value in cases]
+    )
     mismatches = []
     for (fmt, value), want in zip(cases, expected, strict=True):
         got = perl_sprintf(fmt, value)
         if got != want:
-            mismatches.append(f"sprintf({fmt!r}, {value!r}): fleetd {got!r}, perl {want!r}")
+            mismatches.append(
+                f"sprintf({fmt!r}, {value!r}): fleetd {got!r}, perl {want!r}"
+            )
     assert mismatches == []

@@ -348,7 +348,6 @@ async def test_cancelled_begin_leaves_no_lock(store: StateStore) -> None:
         await reopened.close()
 
 
-
 async def test_renewal_during_resolution_keeps_lease(store: StateStore) -> None:
     async with LockManager(store, current_owner(), lease=30) as manager:
         transaction = await manager.begin(

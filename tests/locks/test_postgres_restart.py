@@ -1,102 +1,21 @@
 """A real PostgreSQL restart in the middle of a race of four processes.
 
-Runs a private server (initdb into a temporary directory, on a free
-loopback port) so that restarting it disturbs nothing else. It needs
-PostgreSQL's programs: set FLEETD_TEST_PG_BINDIR to their directory (for
-example /usr/lib/postgresql/15/bin). Run as root, the server runs as the
-`postgres` user through runuser.
+Runs a private server (tests/pgserver.py) so that restarting it disturbs
+nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from fleetd.locks import Resolution, open_store
+from tests.pgserver import PrivateServer
 
 Spawn = Callable[[str, str, str], Any]
-
-
-class PrivateServer:
-    """A PostgreSQL server of its own, in a temporary directory."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.folder = Path(tempfile.mkdtemp(prefix="fleetd-pg-"))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.prefix: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres")
-            self.prefix = ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, *arguments: str) -> None:
-        subprocess.run(
-            [*self.prefix, *arguments],
-            check=True,
-            cwd=self.folder,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def _pg_ctl(self, *arguments: str) -> None:
-        self._run(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.folder / "data"),
-            "-o",
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
-            "-l",
-            str(self.folder / "log"),
-            "-w",
-            *arguments,
-        )
-
-    def start(self) -> None:
-        self._run(
-            str(self.bindir / "initdb"),
-            "-D",
-            str(self.folder / "data"),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-        )
-        self._pg_ctl("start")
-
-    def restart(self) -> None:
-        self._pg_ctl("-m", "fast", "restart")
-
-    def stop(self) -> None:
-        try:
-            self._pg_ctl("-m", "immediate", "stop")
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
-@pytest.fixture
-def private_server() -> Iterator[PrivateServer]:
-    bindir = os.environ.get("FLEETD_TEST_PG_BINDIR")
-    if not bindir:
-        pytest.skip(
-            "FLEETD_TEST_PG_BINDIR is not set: no PostgreSQL programs to run a"
-            " private server to restart"
-        )
-    server = PrivateServer(Path(bindir))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.slow
