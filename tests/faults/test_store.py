@@ -85,7 +85,13 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 def stop(process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGTERM)
-    return process.wait(timeout=30)
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        # Fail the test without leaving the daemon behind.
+        process.kill()
+        process.wait()
+        raise
 
 
 def test_busy_sqlite_waits_and_retries(site: Site) -> None:
