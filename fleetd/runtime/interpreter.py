@@ -399,6 +399,10 @@ async def run_command(
     except CommandError as error:
         state.fail(command, str(error))
         return False
+    except Exception as error:  # noqa: BLE001 - a failure of any kind fails the command
+        state.log.exception("command_crashed", command=command.source)
+        state.fail(command, f"internal error: {type(error).__name__}: {error}")
+        return False
 
     return True
 

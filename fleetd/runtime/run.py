@@ -386,18 +386,23 @@ async def _run(
     if agent.timeout is not None:
         outer.deadline = anyio.current_time() + agent.timeout
     with outer:
-        # NOTE: expressions evaluate synchronously, so TIMEOUT cannot stop a
-        # slow function inside Check; it takes effect at the next await.
-        structlog.contextvars.bind_contextvars(phase="check")
-        check_failed = evaluate_conditions(
-            agent.phase(Phase.CHECK), scope, state, stop_at_first=False
-        )
-        if not check_failed:
-            structlog.contextvars.bind_contextvars(phase="run")
-            state.failures.clear()
-            run_succeeded = await run_phase(state, scope)
-            if not run_succeeded:
-                run_reason = join_reasons(state.failures)
+        try:
+            # NOTE: expressions evaluate synchronously, so TIMEOUT cannot stop
+            # a slow function inside Check; it takes effect at the next await.
+            structlog.contextvars.bind_contextvars(phase="check")
+            check_failed = evaluate_conditions(
+                agent.phase(Phase.CHECK), scope, state, stop_at_first=False
+            )
+            if not check_failed:
+                structlog.contextvars.bind_contextvars(phase="run")
+                state.failures.clear()
+                run_succeeded = await run_phase(state, scope)
+                if not run_succeeded:
+                    run_reason = join_reasons(state.failures)
+        except Exception as error:  # noqa: BLE001 - the lock is resolved all the same
+            logger.exception("run_crashed")
+            run_succeeded = False
+            run_reason = f"internal error: {type(error).__name__}: {error}"
     timed_out = outer.cancelled_caught and anyio.current_time() >= outer.deadline
     if timed_out:
         run_succeeded = False
@@ -420,7 +425,11 @@ async def _run(
     cleanup_succeeded = False
     deadline = anyio.current_time() + settings.cleanup_timeout
     with anyio.CancelScope(shield=True, deadline=deadline) as cleanup_scope:
-        cleanup_succeeded = await cleanup_phase(state, scope, run_succeeded)
+        try:
+            cleanup_succeeded = await cleanup_phase(state, scope, run_succeeded)
+        except Exception as error:  # noqa: BLE001 - the lock is resolved all the same
+            logger.exception("cleanup_crashed")
+            state.failures.append(f"internal error: {type(error).__name__}: {error}")
     cleanup_reason = join_reasons(state.failures)
     if cleanup_scope.cancelled_caught:
         cleanup_succeeded = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetd.runtime import Outcome, PhaseResult
+from fleetd.runtime import Engine, Outcome, PhaseResult
 from tests.runtime.conftest import Fleet
 
 
@@ -203,3 +203,32 @@ async def test_null_record_in_error_runs_next_cycle(fleet: Fleet) -> None:
     [second] = await fleet.cycle()
     assert second.outcome is Outcome.ERROR
     assert fleet.echoed == ["once", "once"]
+
+
+async def test_unexpected_error_fails_run_not_lock(fleet: Fleet) -> None:
+    fleet.record("zoe", status="approved")
+    fleet.agent(
+        """
+        NAME     Crashing
+        MNEMONIC crashing
+        WORKFLOW requests
+        ECHO first
+        ON_FAILURE
+            EXEC_COMMAND true
+        END
+        """
+    )
+    agents = fleet.load()
+
+    def broken_echo(text: str) -> None:
+        raise ValueError("echo target broke")
+
+    engine = Engine(fleet.config(), echo=broken_echo, registry=fleet.registry)
+    async with engine:
+        [report] = await engine.run_cycle(agents.agents["Crashing"])
+        locks = await engine.store.locks()
+
+    assert report.outcome is Outcome.ROLLED_BACK
+    assert report.run is PhaseResult.FAILED
+    assert "internal error: ValueError: echo target broke" in (report.reason or "")
+    assert locks == []
