@@ -454,6 +454,10 @@ class _LazyBound:
 
     def _get(self) -> Any:
         if self._bound is None:
+            if self.pid is None:
+                # Output can arrive before the spawn returns the pid; bind
+                # once the pid is known, so later lines carry it.
+                return self._log
             self._bound = self._log.bind(pid=self.pid)
         return self._bound
 
