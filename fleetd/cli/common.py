@@ -107,13 +107,9 @@ def run_async(config: Config, function: Any, *args: Any) -> Any:
     A state store that cannot be opened or read ends the command with
     status 1 and a one-line error instead of a traceback.
     """
-    import sqlite3
-
     import anyio
-    import asyncpg
 
     from fleetd.config import redact_url
-    from fleetd.locks import SchemaError
 
     use_uvloop = config.daemon.loop == "uvloop"
     try:
@@ -123,13 +119,7 @@ def run_async(config: Config, function: Any, *args: Any) -> Any:
             backend="asyncio",
             backend_options={"use_uvloop": use_uvloop},
         )
-    except (
-        OSError,
-        sqlite3.Error,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        SchemaError,
-    ) as failure:
+    except _store_errors() as failure:
         state = config.daemon.state
         if state.startswith(("postgresql:", "postgres:")):
             advice = "check the daemon.state setting and that the server is up"
@@ -137,3 +127,21 @@ def run_async(config: Config, function: Any, *args: Any) -> Any:
             advice = "check the daemon.state setting and the folder's permissions"
         error(f"fleetd: state store {redact_url(state)} failed: {failure}; {advice}")
         raise CommandFailed(EXIT_FAILURE) from None
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception types of a state store that cannot be used.
+
+    asyncpg's types count only once a PostgreSQL store imported it, so a
+    command on SQLite never pays for importing asyncpg.
+    """
+    import sqlite3
+
+    from fleetd.locks import SchemaError
+
+    errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, SchemaError)
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        errors += (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+    return errors
