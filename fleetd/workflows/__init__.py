@@ -1,9 +1,8 @@
-"""Record sources feeding agents: Null, spool, sqlite and command.
+"""Record sources feeding agents: Null, spool, sqlite, postgresql and command.
 
 `open_workflow` builds the workflow of one `[workflows.NAME]` table; the
 kind-specific modules are imported only when a workflow of their kind is
-opened. The `postgresql` kind lives in `fleetd.workflows.postgresql`, which
-provides `open_postgresql_workflow(settings) -> Workflow`.
+opened.
 """
 
 from __future__ import annotations
@@ -48,15 +47,8 @@ def open_workflow(settings: WorkflowSettings | None) -> Workflow:
             timeout=options.get("timeout", 60.0),
         )
     if settings.kind == "postgresql":
-        try:
-            from fleetd.workflows.postgresql import open_postgresql_workflow
-        except ModuleNotFoundError as error:
-            if error.name != "fleetd.workflows.postgresql":
-                raise
-            raise WorkflowError(
-                f"workflow {settings.name}: kind postgresql is not available in "
-                "this build of fleetd; use spool, sqlite or command"
-            ) from None
+        from fleetd.workflows.postgresql import open_postgresql_workflow
+
         return open_postgresql_workflow(settings)
 
     raise WorkflowError(f"workflow {settings.name}: unknown kind {settings.kind!r}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from fleetd.config.model import WorkflowSettings
@@ -26,12 +24,3 @@ def test_unknown_kind_fails() -> None:
     with pytest.raises(WorkflowError, match="unknown kind 'ldap'"):
         open_workflow(WorkflowSettings("x", "ldap", {}))
 
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("fleetd.workflows.postgresql") is not None,
-    reason="this build has the postgresql workflow",
-)
-def test_postgresql_without_module_fails_clearly() -> None:
-    settings = WorkflowSettings("pg", "postgresql", {"dsn": "postgresql://x/y"})
-    with pytest.raises(WorkflowError, match="kind postgresql is not available"):
-        open_workflow(settings)
