@@ -89,13 +89,24 @@ class Transaction:
         self._resolving = False
         self._manager = manager
         self._hooks: dict[Resolution, list[Hook]] = {r: [] for r in Resolution}
-        self._log = log.bind(
-            workflow=self.key.workflow,
-            record=self.key.record,
-            mnemonic=self.key.mnemonic,
-            agent=agent,
-            run_id=run_id,
-        )
+        self._bound_log: Any = None
+
+    @property
+    def _log(self) -> Any:
+        """The logger bound to this lock, bound on first use.
+
+        Most transactions log nothing above debug, and binding a logger for
+        each lock measured as a visible part of a short run.
+        """
+        if self._bound_log is None:
+            self._bound_log = log.bind(
+                workflow=self.key.workflow,
+                record=self.key.record,
+                mnemonic=self.key.mnemonic,
+                agent=self.agent,
+                run_id=self.run_id,
+            )
+        return self._bound_log
 
     def stage(self, field: str, value: Any) -> None:
         """Stage `this.<field> = value`, written only by a commit."""
@@ -185,7 +196,17 @@ class Transaction:
             raise
         self.resolution = resolution
         self._manager._release(self)
-        self._log.debug("lock_resolved", resolution=resolution.value, reason=reason)
+        # The module logger with the same keys: filtered out, it binds nothing.
+        log.debug(
+            "lock_resolved",
+            workflow=self.key.workflow,
+            record=self.key.record,
+            mnemonic=self.key.mnemonic,
+            agent=self.agent,
+            run_id=self.run_id,
+            resolution=resolution.value,
+            reason=reason,
+        )
         await self._run_hooks(resolution)
 
     async def _apply(

@@ -185,8 +185,7 @@ class BatchWriter:
                 return
             self._batches += 1
             self._operations += len(batch)
-            for pending, (ok, value) in zip(batch, results, strict=True):
-                _deliver(pending, ok, value)
+            _deliver(batch, results)
             return
 
     def _execute(
@@ -234,21 +233,32 @@ class BatchWriter:
         if self._closing.is_set() and is_transient(error):
             error = StoreClosed(f"state store {self.path} closed during retry: {error}")
         log.error("state_store_write_failed", store=self.path, error=str(error))
-        for pending in batch:
-            _deliver(pending, False, error)
+        _deliver(batch, [(False, error)] * len(batch))
 
 
-def _deliver(pending: _Pending, ok: bool, value: Any) -> None:
-    def complete() -> None:
+def _deliver(batch: list[_Pending], results: list[tuple[bool, Any]]) -> None:
+    """Complete the futures of a batch, with one wake-up per event loop.
+
+    Waking a loop from another thread writes to its self-pipe, and one
+    call per operation measured as a visible part of a short run.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, bool, Any]]] = {}
+    for pending, (ok, value) in zip(batch, results, strict=True):
+        by_loop.setdefault(pending.loop, []).append((pending, ok, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_complete, items)
+        except RuntimeError:
+            # The event loop is closed, so no task awaits these results.
+            pass
+
+
+def _complete(items: list[tuple[_Pending, bool, Any]]) -> None:
+    """Set each future's result or exception, on its event loop's thread."""
+    for pending, ok, value in items:
         if pending.future.done():
-            return
+            continue
         if ok:
             pending.future.set_result(value)
         else:
             pending.future.set_exception(value)
-
-    try:
-        pending.loop.call_soon_threadsafe(complete)
-    except RuntimeError:
-        # The event loop is closed, so no task awaits this result.
-        pass

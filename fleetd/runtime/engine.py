@@ -289,11 +289,11 @@ class Engine:
                 if not run.locked:
                     await self._finish_one(run, publish)
                     continue
-                with anyio.CancelScope(shield=True):
-                    if previous is not None:
+                if previous is not None and not previous.is_set():
+                    with anyio.CancelScope(shield=True):
                         await previous.wait()
-                    previous = anyio.Event()
-                    group.start_soon(self._finish_one, run, publish, previous)
+                previous = anyio.Event()
+                group.start_soon(self._finish_one, run, publish, previous)
 
         recovered = len(reports)
         async with anyio.create_task_group() as group:

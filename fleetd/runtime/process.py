@@ -41,6 +41,7 @@ also installs a pidfd child watcher for `loop.subprocess_exec`
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -133,18 +134,30 @@ def resolve_program(
 
     not_executable: str | None = None
     for entry in safe_path:
-        folder = Path(entry)
-        if not folder.is_absolute() and conf_dir is not None:
-            folder = conf_dir / folder
-        candidate = folder / name
-        if candidate.is_file():
+        candidate = _candidate(entry, conf_dir, name)
+        if os.path.isfile(candidate):
             if os.access(candidate, os.X_OK):
-                return str(candidate)
-            not_executable = not_executable or str(candidate)
+                return candidate
+            not_executable = not_executable or candidate
     if not_executable is not None:
         raise SpawnError(f"program is not executable: {not_executable}")
     searched = ":".join(safe_path) or "(empty)"
     raise SpawnError(f"program not found in safe_path {searched}: {name}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _candidate(entry: str, conf_dir: Path | None, name: str) -> str:
+    """Return the path of `name` in the `safe_path` entry `entry`.
+
+    Cached: the text depends only on the arguments, and building Path
+    objects for every program measured as a visible part of spawning
+    /bin/true. Whether the file exists is checked on every call.
+    """
+    folder = Path(entry)
+    if not folder.is_absolute() and conf_dir is not None:
+        folder = conf_dir / folder
+
+    return str(folder / name)
 
 
 def check_arguments(argv: Sequence[str]) -> None:
@@ -431,8 +444,12 @@ async def run_program(
                 await _stop_group(pid, protocol, kill_grace, program_log)
             raise
     finally:
-        with anyio.CancelScope(shield=True):
-            await _finish(transport, protocol)
+        if protocol.exited.is_set() and protocol.closed.is_set():
+            # The usual end: nothing to wait for, so no cancel scope either.
+            transport.close()
+        else:
+            with anyio.CancelScope(shield=True):
+                await _finish(transport, protocol)
         result.returncode = transport.get_returncode()
         result.duration_s = time.monotonic() - started
         result.output = list(capture)
