@@ -4,7 +4,7 @@
 three outputs:
 
 - journald, when stderr is the journal stream systemd gave the service
-  (`JOURNAL_STREAM` holds the `st_dev:st_ino` of stderr) or when asked for
+  (`JOURNAL_STREAM` contains the `st_dev:st_ino` of stderr) or when asked for
   with `--log-target journal`. Each event becomes one native journal entry
   with `MESSAGE`, a syslog `PRIORITY`, `SYSLOG_IDENTIFIER=fleetd`, `EVENT`
   and every bound key as an upper-case field (`AGENT`, `MNEMONIC`,

@@ -212,7 +212,7 @@ class Log:
 
 @dataclass(frozen=True, slots=True)
 class ExecCommand:
-    """EXEC_COMMAND: `argv` holds one template per shell-split word."""
+    """EXEC_COMMAND: `argv` contains one template per shell-split word."""
 
     argv: tuple[Template, ...]
     ignore_failure: bool
@@ -346,7 +346,7 @@ class Agent:
 
         `WHEN` and `FOREACH` blocks appear with only the commands of `phase`
         in their bodies, and only when they contain any. For
-        `Phase.CLEANUP` the result holds `CleanupBlock` nodes (possibly
+        `Phase.CLEANUP` the result contains `CleanupBlock` nodes (possibly
         inside `WHEN`/`FOREACH`), whose bodies are run-like commands.
         """
         return self.by_phase.get(phase, ())

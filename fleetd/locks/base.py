@@ -24,7 +24,7 @@ class Resolution(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LockKey:
-    """What a lock is taken on. `record` is "" for the Null workflow."""
+    """Key of a lock. `record` is "" for the Null workflow."""
 
     workflow: str
     record: str
@@ -33,7 +33,7 @@ class LockKey:
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Who holds a lock: host name, pid, pid start time, daemon instance."""
+    """Owner of a lock: host name, pid, pid start time, daemon instance."""
 
     host: str
     pid: int
@@ -191,7 +191,7 @@ class StateStore(Protocol):
     async def history(
         self, record: str, workflow: str | None = None
     ) -> list[HistoryEntry]:
-        """Every resolution of `record`, newest first."""
+        """Return every resolution of `record`, newest first."""
         ...
 
     async def counts(self) -> dict[str, dict[str, int]]:

@@ -421,7 +421,7 @@ class Engine:
 
 
 def _same_cycle(started: LoadedAgent, version: LoadedAgent | None) -> bool:
-    """Whether runs of `version` may go on in a cycle begun with `started`."""
+    """Return whether `version` may go on in a cycle begun with `started`."""
     return (
         version is not None
         and version.scheduled

@@ -1,7 +1,7 @@
 """Execution of single commands and blocks of one run of one record.
 
 The phase rules (which commands run, where a phase stops) live in
-`fleetd.runtime.phases`; this module knows how each command executes and
+`fleetd.runtime.phases`; this module executes each command and decides
 what counts as its failure. Every failure kind is turned into a `False`
 result here, logged once with the command's `file:line: source`:
 expression errors, plugin exceptions, spawn failures and non-zero exits.
@@ -62,7 +62,7 @@ def command_text(command: Command) -> str:
 
 
 class CommandError(Exception):
-    """A command failed; the message says why, without the command itself."""
+    """Failure of one command; the message gives the cause, without the command itself."""
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ resolution follows this table:
     failed     succeeded  rollback            rolled_back
     failed     failed     commit with error   error
 
-A failed Check counts as a failed Run, and the report then says
+A failed Check counts as a failed Run, and the report then gives
 `run = not_run`. The report is returned only after the resolution is
 durable.
 """

@@ -100,7 +100,7 @@ _COLUMNS = """
 
 
 class PostgresqlWorkflow:
-    """Records from the rows of `table` at `dsn`, as the module docstring says."""
+    """Records from the rows of `table` at `dsn`, as the module docstring describes."""
 
     kind = "postgresql"
 
