@@ -6,8 +6,15 @@ text, and `Agent.phase()` returns the commands of one phase as a tree that
 keeps only the `WHEN`, `FOREACH`, `PARALLEL` and cleanup blocks leading to
 them, computed at parse time.
 
+An expression node holds only its column. Its file and line are those of
+the command that contains the expression (`Location.with_column`), because
+every expression lies on its command's line. So agents that repeat a line
+share one expression tree: 10,000 agents of one template keep one tree per
+distinct line, not one per agent.
+
 Nodes are frozen slotted dataclasses: agents are shared between concurrent
-runs and across reloads, so nothing in a tree may change after parsing.
+runs and across reloads, and expression trees between agents, so nothing
+in a tree may change after parsing.
 """
 
 from __future__ import annotations
@@ -47,8 +54,14 @@ class Location:
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
 
+    def with_column(self, column: int) -> Location:
+        """Return the location of `column` on this location's line."""
+        return Location(self.file, self.line, column)
+
 
 # -- expressions ------------------------------------------------------------
+#
+# `column` counts from 1 in the line of the command that contains the node.
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +69,7 @@ class Literal:
     """Constant: an int, a plain string, or TRUE (1) and FALSE ("")."""
 
     value: int | str
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +81,7 @@ class Template:
     """
 
     parts: tuple[Union[str, "Variable"], ...]
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +92,7 @@ class Variable:
     """
 
     path: tuple[str, ...]
-    loc: Location
+    column: int
 
     @property
     def name(self) -> str:
@@ -89,7 +102,7 @@ class Variable:
 @dataclass(frozen=True, slots=True)
 class ListExpr:
     items: tuple["Expr", ...]
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +111,7 @@ class FunctionCall:
 
     name: str
     args: tuple["Expr", ...]
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +121,7 @@ class Compare:
     op: str
     left: "Expr"
     right: "Expr"
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +131,7 @@ class Membership:
     item: "Expr"
     container: "Expr"
     negated: bool
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,27 +140,27 @@ class Match:
 
     subject: "Expr"
     pattern: re.Pattern[str]
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
 class Not:
     operand: "Expr"
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
 class And:
     left: "Expr"
     right: "Expr"
-    loc: Location
+    column: int
 
 
 @dataclass(frozen=True, slots=True)
 class Or:
     left: "Expr"
     right: "Expr"
-    loc: Location
+    column: int
 
 
 Expr = Union[

@@ -9,6 +9,7 @@ from fleetd.lang.ast import (
     FunctionCall,
     ListExpr,
     Literal,
+    Location,
     Match,
     Membership,
     Not,
@@ -54,11 +55,17 @@ def _equal(left: Value, right: Value) -> bool:
     return render(left) == render(right)
 
 
-def evaluate(expr: Expr, scope: Scope, registry: Registry) -> Value:
+def evaluate(
+    expr: Expr, scope: Scope, registry: Registry, at: Location | None = None
+) -> Value:
     """Return the value of `expr` in `scope`.
 
     Comparisons and `NOT` return 1 or "" as Perl does; `AND` and `OR`
     return the operand that decided, as Perl's `&&` and `||` do.
+
+    `at` is the location of the command that holds `expr`. An error's
+    location is the failing node's column on that line, or None without
+    `at`.
 
     Raises:
         EvaluationError: a function is unknown or raised, or an operand
@@ -71,40 +78,42 @@ def evaluate(expr: Expr, scope: Scope, registry: Registry) -> Value:
     if isinstance(expr, Template):
         return interpolate(expr, scope)
     if isinstance(expr, Compare):
-        left = evaluate(expr.left, scope, registry)
-        right = evaluate(expr.right, scope, registry)
+        left = evaluate(expr.left, scope, registry, at)
+        right = evaluate(expr.right, scope, registry, at)
         if left is None or right is None:
             return FALSE
         return TRUE if compare_values(expr.op, left, right) else FALSE
     if isinstance(expr, And):
-        left = evaluate(expr.left, scope, registry)
-        return evaluate(expr.right, scope, registry) if truth(left) else left
+        left = evaluate(expr.left, scope, registry, at)
+        return evaluate(expr.right, scope, registry, at) if truth(left) else left
     if isinstance(expr, Or):
-        left = evaluate(expr.left, scope, registry)
-        return left if truth(left) else evaluate(expr.right, scope, registry)
+        left = evaluate(expr.left, scope, registry, at)
+        return left if truth(left) else evaluate(expr.right, scope, registry, at)
     if isinstance(expr, Not):
-        return FALSE if truth(evaluate(expr.operand, scope, registry)) else TRUE
+        return FALSE if truth(evaluate(expr.operand, scope, registry, at)) else TRUE
     if isinstance(expr, FunctionCall):
-        return _call(expr, scope, registry)
+        return _call(expr, scope, registry, at)
     if isinstance(expr, ListExpr):
-        return [evaluate(item, scope, registry) for item in expr.items]
+        return [evaluate(item, scope, registry, at) for item in expr.items]
     if isinstance(expr, Membership):
-        item = evaluate(expr.item, scope, registry)
+        item = evaluate(expr.item, scope, registry, at)
         if item is None:
             return FALSE
-        container = evaluate(expr.container, scope, registry)
+        container = evaluate(expr.container, scope, registry, at)
         if container is None:
             elements: list[Value] = []
         elif isinstance(container, list):
             elements = container
         elif isinstance(container, dict):
-            raise EvaluationError("IN needs a list, got a record", expr.loc)
+            raise EvaluationError(
+                "IN needs a list, got a record", _location(at, expr.column)
+            )
         else:
             elements = [container]
         found = any(_equal(item, element) for element in elements)
         return TRUE if found != expr.negated else FALSE
     if isinstance(expr, Match):
-        subject = render(evaluate(expr.subject, scope, registry))
+        subject = render(evaluate(expr.subject, scope, registry, at))
         # NOTE: Python's re cannot be interrupted, so a pattern that
         # backtracks catastrophically on a record value blocks this thread
         # until it finishes; the agent's TIMEOUT does not stop it.
@@ -117,14 +126,24 @@ def evaluate(expr: Expr, scope: Scope, registry: Registry) -> Value:
     raise EvaluationError(f"cannot evaluate {type(expr).__name__}")
 
 
-def _call(call: FunctionCall, scope: Scope, registry: Registry) -> Value:
+def _location(at: Location | None, column: int) -> Location | None:
+    return None if at is None else at.with_column(column)
+
+
+def _call(
+    call: FunctionCall, scope: Scope, registry: Registry, at: Location | None
+) -> Value:
     spec = registry.function(call.name)
     if spec is None:
-        raise EvaluationError(f"unknown function {call.name!r}", call.loc)
-    args = [evaluate(arg, scope, registry) for arg in call.args]
+        raise EvaluationError(
+            f"unknown function {call.name!r}", _location(at, call.column)
+        )
+    args = [evaluate(arg, scope, registry, at) for arg in call.args]
     try:
         return spec.impl(*args)
     except EvaluationError:
         raise
     except Exception as error:
-        raise EvaluationError(f"{call.name}() failed: {error}", call.loc) from error
+        raise EvaluationError(
+            f"{call.name}() failed: {error}", _location(at, call.column)
+        ) from error

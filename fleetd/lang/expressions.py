@@ -16,7 +16,6 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -37,16 +36,14 @@ from fleetd.lang.ast import (
     FunctionCall,
     ListExpr,
     Literal,
-    Location,
     Match,
     Membership,
     Not,
     Or,
-    Template,
     Variable,
 )
 from fleetd.lang.perlre import PatternError, compile_perl
-from fleetd.lang.templates import string_literal
+from fleetd.lang.templates import string_literal, variable_path
 
 START_SYMBOLS = (
     "assignment",
@@ -87,36 +84,19 @@ class ExpressionError(ValueError):
         self.column = column
 
 
-class _Position(threading.local):
-    """Source file and line numbers of the text being parsed, for node locations."""
-
-    file: str = ""
-    line: int = 0
-    # In a batch parse, the file's line number of each line of the batch.
-    line_numbers: list[int] | None = None
-
-
-_position = _Position()
-
-
-def _loc(token: Token) -> Location:
-    line_numbers = _position.line_numbers
-    if line_numbers is not None:
-        return Location(
-            _position.file, line_numbers[(token.line or 1) - 1], token.column or 1
-        )
-    return Location(_position.file, _position.line, token.column or 1)
+def _column(token: Token) -> int:
+    return token.column or 1
 
 
 def _check_not_reserved(token: Token) -> None:
     if str(token) in RESERVED_WORDS:
-        raise ExpressionError(f"unexpected keyword {str(token)!r}", token.column or 1)
+        raise ExpressionError(f"unexpected keyword {str(token)!r}", _column(token))
 
 
-def _node_loc(item: Any) -> Location:
+def _node_column(item: Any) -> int:
     if isinstance(item, Token):
-        return _loc(item)
-    return item.loc
+        return _column(item)
+    return item.column  # type: ignore[no-any-return]
 
 
 @v_args(inline=True)
@@ -126,41 +106,41 @@ class _Builder(Transformer[Token, Any]):
     def number(self, token: Token) -> Literal:
         text = str(token)
         value: int | str = int(text) if "." not in text else text
-        return Literal(value, _loc(token))
+        return Literal(value, _column(token))
 
     def string(self, token: Token) -> Expr:
-        return string_literal(str(token), _loc(token))
+        return string_literal(str(token), _column(token))
 
     def true(self, token: Token) -> Literal:
-        return Literal(1, _loc(token))
+        return Literal(1, _column(token))
 
     def false(self, token: Token) -> Literal:
-        return Literal("", _loc(token))
+        return Literal("", _column(token))
 
     def variable(self, token: Token) -> Variable:
         _check_not_reserved(token)
-        return Variable(tuple(str(token).split(".")), _loc(token))
+        return Variable(variable_path(str(token)), _column(token))
 
     def args(self, *items: Expr) -> tuple[Expr, ...]:
         return items
 
     def call(self, name: Token, args: tuple[Expr, ...] | None) -> FunctionCall:
         _check_not_reserved(name)
-        return FunctionCall(str(name), args or (), _loc(name))
+        return FunctionCall(sys.intern(str(name)), args or (), _column(name))
 
     def list(self, bracket: Token, args: tuple[Expr, ...] | None) -> ListExpr:
-        return ListExpr(args or (), _loc(bracket))
+        return ListExpr(args or (), _column(bracket))
 
     def compare(self, left: Expr, op: Token, right: Expr) -> Compare:
-        return Compare(str(op), left, right, _node_loc(left))
+        return Compare(sys.intern(str(op)), left, right, _node_column(left))
 
     def member(self, item: Expr, _in: Token, container: Expr) -> Membership:
-        return Membership(item, container, False, _node_loc(item))
+        return Membership(item, container, False, _node_column(item))
 
     def not_member(
         self, item: Expr, _not: Token, _in: Token, container: Expr
     ) -> Membership:
-        return Membership(item, container, True, _node_loc(item))
+        return Membership(item, container, True, _node_column(item))
 
     def match(self, subject: Expr, keyword: Token, regex: Token) -> Match:
         text = str(regex)
@@ -168,23 +148,23 @@ class _Builder(Transformer[Token, Any]):
         try:
             pattern = compile_perl(text[1:end], text[end + 1 :])
         except PatternError as error:
-            raise ExpressionError(str(error), regex.column or 1) from None
-        return Match(subject, pattern, _node_loc(subject))
+            raise ExpressionError(str(error), _column(regex)) from None
+        return Match(subject, pattern, _node_column(subject))
 
     def not_(self, keyword: Token, operand: Expr) -> Not:
-        return Not(operand, _loc(keyword))
+        return Not(operand, _column(keyword))
 
     def and_(self, left: Expr, right: Expr) -> And:
-        return And(left, right, _node_loc(left))
+        return And(left, right, _node_column(left))
 
     def or_(self, left: Expr, right: Expr) -> Or:
-        return Or(left, right, _node_loc(left))
+        return Or(left, right, _node_column(left))
 
     # Start symbols return plain tuples; the line parser builds the commands.
 
     def assignment(self, name: Token, op: Token, expr: Expr) -> tuple[str, bool, Expr]:
         _check_not_reserved(name)
-        return (str(name), str(op) == "//=", expr)
+        return (sys.intern(str(name)), str(op) == "//=", expr)
 
     def condition(self, expr: Expr) -> Expr:
         return expr
@@ -194,15 +174,15 @@ class _Builder(Transformer[Token, Any]):
 
     def foreach_head(self, name: Token, _in: Token, expr: Expr) -> tuple[str, Expr]:
         _check_not_reserved(name)
-        return (str(name), expr)
+        return (sys.intern(str(name)), expr)
 
     def option_if(self, expr: Expr, text: Token | None) -> tuple[Expr, str, int]:
         if text is None:
             return (expr, "", 0)
-        return (expr, str(text), text.column or 1)
+        return (expr, str(text), _column(text))
 
     def call_command(self, name: Token, args: tuple[Expr, ...] | None) -> FunctionCall:
-        return FunctionCall(str(name), args or (), _loc(name))
+        return FunctionCall(sys.intern(str(name)), args or (), _column(name))
 
     def batch(self, *results: Any) -> list[Any]:
         return list(results)
@@ -299,91 +279,18 @@ def _describe(error: UnexpectedInput) -> str:
 
 
 # Parsed forms by (start, offset, text). Agents of one conf dir repeat many
-# lines (`REQUIRE this.status = "approved"`), and copying a parsed form to
-# another file and line costs a fraction of parsing it again.
+# lines (`REQUIRE this.status = "approved"`). Nodes hold only columns, so
+# every agent with the same line gets the same parsed form, and each agent
+# adds only its own command and location.
 _memo: dict[tuple[str, int, str], Any] = {}
 _MEMO_LIMIT = 20_000
 
 
-def relocate(item: Any, file: str, line: int) -> Any:
-    """Return a copy of a parsed form with every location in `file`, `line`."""
-    mover = _MOVERS.get(type(item))
-    if mover is None:
-        return item
-    return mover(item, file, line)
-
-
-def _move_tuple(item: tuple[Any, ...], file: str, line: int) -> tuple[Any, ...]:
-    return tuple([relocate(element, file, line) for element in item])
-
-
-def _move_template(node: Template, file: str, line: int) -> Template:
-    parts = tuple(
-        [
-            part
-            if type(part) is str
-            else Variable(part.path, Location(file, line, part.loc.column))
-            for part in node.parts
-        ]
-    )
-    return Template(parts, Location(file, line, node.loc.column))
-
-
-_MOVERS: dict[type, Callable[[Any, str, int], Any]] = {
-    tuple: _move_tuple,
-    Location: lambda loc, file, line: Location(file, line, loc.column),
-    Literal: lambda node, file, line: Literal(
-        node.value, Location(file, line, node.loc.column)
-    ),
-    Variable: lambda node, file, line: Variable(
-        node.path, Location(file, line, node.loc.column)
-    ),
-    Template: _move_template,
-    ListExpr: lambda node, file, line: ListExpr(
-        _move_tuple(node.items, file, line), Location(file, line, node.loc.column)
-    ),
-    FunctionCall: lambda node, file, line: FunctionCall(
-        node.name,
-        _move_tuple(node.args, file, line),
-        Location(file, line, node.loc.column),
-    ),
-    Compare: lambda node, file, line: Compare(
-        node.op,
-        relocate(node.left, file, line),
-        relocate(node.right, file, line),
-        Location(file, line, node.loc.column),
-    ),
-    Membership: lambda node, file, line: Membership(
-        relocate(node.item, file, line),
-        relocate(node.container, file, line),
-        node.negated,
-        Location(file, line, node.loc.column),
-    ),
-    Match: lambda node, file, line: Match(
-        relocate(node.subject, file, line),
-        node.pattern,
-        Location(file, line, node.loc.column),
-    ),
-    Not: lambda node, file, line: Not(
-        relocate(node.operand, file, line), Location(file, line, node.loc.column)
-    ),
-    And: lambda node, file, line: And(
-        relocate(node.left, file, line),
-        relocate(node.right, file, line),
-        Location(file, line, node.loc.column),
-    ),
-    Or: lambda node, file, line: Or(
-        relocate(node.left, file, line),
-        relocate(node.right, file, line),
-        Location(file, line, node.loc.column),
-    ),
-}
-
-
-def parse_form(start: str, line: str, offset: int, file: str, line_number: int) -> Any:
+def parse_form(start: str, line: str, offset: int) -> Any:
     """Parse `line[offset:]` as the command form `start`.
 
-    Columns in nodes and errors count from 1 in the whole line.
+    Columns in nodes and errors count from 1 in the whole line. The result
+    may be shared with other lines of the same text, so it must not change.
 
     Raises:
         ExpressionError: a syntax error or a malformed regular expression.
@@ -391,46 +298,40 @@ def parse_form(start: str, line: str, offset: int, file: str, line_number: int) 
     key = (start, offset, line[offset:])
     cached = _memo.get(key)
     if cached is not None:
-        return relocate(cached, file, line_number)
-    result = _parse_form(start, line, offset, file, line_number)
+        return cached
+    result = _parse_form(start, line, offset)
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()
     _memo[key] = result
     return result
 
 
-def parse_forms(
-    requests: list[tuple[str, str, int, int]], file: str
-) -> list[Any] | None:
-    """Parse many forms of one file at once; None if any has an error.
+def parse_forms(requests: list[tuple[str, str, int]]) -> list[Any] | None:
+    """Parse many forms at once; None if any has an error.
 
-    Each request is (start, line, offset, line_number), as for `parse_form`.
-    Forms seen before come from the memo. The others go through one parse
-    of a batch text, which saves the setup cost of a parse per line. After
-    an error the caller parses line by line, to report every error.
+    Each request is (start, line, offset), as for `parse_form`. Forms seen
+    before come from the memo. The others go through one parse of a batch
+    text, which saves the setup cost of a parse per line. After an error
+    the caller parses line by line, to report every error.
     """
     results: list[Any] = [None] * len(requests)
     missing: list[int] = []
-    for index, (start, line, offset, number) in enumerate(requests):
+    for index, (start, line, offset) in enumerate(requests):
         cached = _memo.get((start, offset, line[offset:]))
         if cached is None:
             missing.append(index)
         else:
-            results[index] = relocate(cached, file, number)
+            results[index] = cached
     if not missing:
         return results
     pieces = []
     for index in missing:
-        start, line, offset, _number = requests[index]
+        start, line, offset = requests[index]
         pieces.append(_MARKERS[start] + " " * (offset - 1) + line[offset:] + "\n")
-    _position.file = file
-    _position.line_numbers = [requests[index][3] for index in missing]
     try:
         parsed = _parser().parse("".join(pieces), start="batch")
     except (UnexpectedInput, VisitError, ExpressionError):
         return None
-    finally:
-        _position.line_numbers = None
     if len(parsed) != len(missing):
         return None
     for index, result in zip(missing, parsed, strict=True):
@@ -439,16 +340,13 @@ def parse_forms(
     if len(_memo) + len(missing) > _MEMO_LIMIT:
         _memo.clear()
     for index, result in zip(missing, parsed, strict=True):
-        start, line, offset, _number = requests[index]
+        start, line, offset = requests[index]
         _memo[(start, offset, line[offset:])] = result
         results[index] = result
     return results
 
 
-def _parse_form(start: str, line: str, offset: int, file: str, line_number: int) -> Any:
-    _position.file = file
-    _position.line = line_number
-    _position.line_numbers = None
+def _parse_form(start: str, line: str, offset: int) -> Any:
     text = " " * offset + line[offset:]
     try:
         result = _parser().parse(text, start=start)
@@ -469,8 +367,7 @@ def _parse_form(start: str, line: str, offset: int, file: str, line_number: int)
     return result
 
 
-# Evaluation and the copying of memoized forms recurse once per level of
-# nesting, so a limit keeps them far from Python's recursion limit. Each
+# Evaluation and validation recurse once per level of nesting, so a limit keeps them far from Python's recursion limit. Each
 # level takes at least two characters, so a line this short is shallow.
 MAX_DEPTH = 100
 _SHALLOW_LINE = 2 * MAX_DEPTH

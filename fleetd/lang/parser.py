@@ -59,7 +59,6 @@ from fleetd.lang.reader import (
     split_lines,
 )
 from fleetd.lang.registry import Registry, arity_error
-from fleetd.lang.templates import template_from_text
 from fleetd.lang.tree import commands_of_phase, suggest_name
 
 
@@ -209,7 +208,7 @@ class _FileParser(LineReader):
         expr = self.form("condition", rest_at)
         if expr is not None:
             phase = CONDITION_PHASES[keyword]
-            self.add(Condition(expr, self.at(column), line.strip(), phase))
+            self.add(Condition(expr, self.at(column), self.source(), phase))
 
     cmd_require = cmd_prerequisite
     cmd_check = cmd_prerequisite
@@ -236,7 +235,7 @@ class _FileParser(LineReader):
             return
         self.add(
             Assign(
-                target, expr, only_if_undefined, self.at(column), line.strip(), phase
+                target, expr, only_if_undefined, self.at(column), self.source(), phase
             )
         )
 
@@ -251,8 +250,8 @@ class _FileParser(LineReader):
 
     def cmd_echo(self, keyword: str, line: str, rest_at: int, column: int) -> None:
         text, text_column = self.text_after(line, rest_at)
-        template = template_from_text(text, self.at(text_column))
-        self.add(Echo(template, self.at(column), line.strip(), self.run_phase()))
+        template = self.template(text, text_column)
+        self.add(Echo(template, self.at(column), self.source(), self.run_phase()))
 
     def cmd_log(self, keyword: str, line: str, rest_at: int, column: int) -> None:
         text, text_column = self.text_after(line, rest_at)
@@ -270,8 +269,8 @@ class _FileParser(LineReader):
             )
             return
         message_column = text_column + len(text) - len(message.lstrip())
-        template = template_from_text(message.lstrip(), self.at(message_column))
-        self.add(Log(level, template, self.at(column), line.strip(), self.run_phase()))
+        template = self.template(message.lstrip(), message_column)
+        self.add(Log(level, template, self.at(column), self.source(), self.run_phase()))
 
     def ignore_failure(self, line: str, rest_at: int) -> tuple[bool, int]:
         """Consume an IGNORE_FAILURE word; return the flag and where the rest starts."""
@@ -308,7 +307,7 @@ class _FileParser(LineReader):
         if not argv:
             self.error(column, f"{keyword} needs a command line")
             return
-        loc, source, phase = self.at(column), line.strip(), self.run_phase()
+        loc, source, phase = self.at(column), self.source(), self.run_phase()
         if keyword == "COMMAND":
             self.seen_program = True
             self.add(ProgramStart(argv, loc, source, phase))
@@ -342,7 +341,7 @@ class _FileParser(LineReader):
             self.error(column, "OPTION needs text")
             return
         self.add(
-            ProgramOption(words, None, self.at(column), line.strip(), self.run_phase())
+            ProgramOption(words, None, self.at(column), self.source(), self.run_phase())
         )
 
     def cmd_option_if(self, keyword: str, line: str, rest_at: int, column: int) -> None:
@@ -360,7 +359,7 @@ class _FileParser(LineReader):
             return
         self.add(
             ProgramOption(
-                words, condition, self.at(column), line.strip(), self.run_phase()
+                words, condition, self.at(column), self.source(), self.run_phase()
             )
         )
 
@@ -380,7 +379,7 @@ class _FileParser(LineReader):
                 ignore,
                 keyword == "EXEC_IF_OPTION",
                 self.at(column),
-                line.strip(),
+                self.source(),
                 self.run_phase(),
             )
         )
@@ -395,7 +394,7 @@ class _FileParser(LineReader):
         if spec is None:
             self.diagnostics.append(
                 Diagnostic(
-                    call.loc,
+                    self.at(call.column),
                     f"unknown command {call.name!r} in CALL"
                     + suggest_name(call.name, self.registry.commands),
                 )
@@ -403,11 +402,11 @@ class _FileParser(LineReader):
             return
         message = arity_error(call.name, spec, len(call.args))
         if message is not None:
-            self.diagnostics.append(Diagnostic(call.loc, message))
+            self.error(call.column, message)
             return
         self.add(
             CallCommand(
-                call.name, call.args, self.at(column), line.strip(), self.run_phase()
+                call.name, call.args, self.at(column), self.source(), self.run_phase()
             )
         )
 
@@ -423,7 +422,7 @@ class _FileParser(LineReader):
             Frame(
                 keyword,
                 self.at(column),
-                line.strip(),
+                self.source(),
                 head,
                 in_cleanup=parent.in_cleanup or keyword in CLEANUP_KEYWORDS,
                 in_parallel=parent.in_parallel or keyword == "PARALLEL",

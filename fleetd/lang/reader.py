@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fleetd.lang.ast import Command, Location, Phase, Template
 from fleetd.lang.errors import Diagnostic
-from fleetd.lang.expressions import ExpressionError, parse_form, parse_forms, relocate
+from fleetd.lang.expressions import ExpressionError, parse_form, parse_forms
 from fleetd.lang.keywords import FORM_OF_KEYWORD
 from fleetd.lang.registry import Registry, arity_error
+from fleetd.lang.templates import template_from_text
 from fleetd.lang.tree import function_calls, suggest_name
 from fleetd.lang.words import WordError, split_words
 
@@ -21,9 +23,12 @@ NOT_PREPARED = object()
 # recursion limit.
 MAX_BLOCK_DEPTH = 100
 # Split command lines by (text, column). Many agents repeat the same command
-# lines, so they are memoized as parsed forms are in fleetd.lang.expressions.
+# lines, so they share the split words as they share parsed forms
+# (fleetd.lang.expressions).
 WORDS_MEMO: dict[tuple[str, int], tuple[Template, ...]] = {}
 WORDS_MEMO_LIMIT = 20_000
+# Templates of ECHO and LOG by (text, column), shared the same way.
+TEMPLATE_MEMO: dict[tuple[str, int], Template] = {}
 KEYWORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BLANK_RE = re.compile(r"[ \t\f\v]*")
 TRAILING_COMMENT_RE = re.compile(r"\s+#.*\Z|\s+\Z")
@@ -87,19 +92,23 @@ class LineReader:
 
     def prepare_forms(self, entries: list[tuple[int, str, int]]) -> None:
         """Parse the expressions of every line in one batch, when it has no error."""
-        requests: list[tuple[str, str, int, int]] = []
+        requests: list[tuple[str, str, int]] = []
+        numbers: list[int] = []
         for number, line, indent in entries:
             match = KEYWORD_RE.match(line, indent)
             if match is None or "\0" in line:
                 continue
             start = FORM_OF_KEYWORD.get(match.group())
             if start is not None:
-                requests.append((start, line, match.end(), number))
-        results = parse_forms(requests, self.path)
+                requests.append((start, line, match.end()))
+                numbers.append(number)
+        results = parse_forms(requests)
         if results is not None:
             self.prepared = {
-                (request[3], request[0]): result
-                for request, result in zip(requests, results, strict=True)
+                (number, request[0]): result
+                for number, request, result in zip(
+                    numbers, requests, results, strict=True
+                )
             }
 
     def form(self, start: str, offset: int) -> Any:
@@ -112,9 +121,7 @@ class LineReader:
         result = self.prepared.pop((self.line_number, start), NOT_PREPARED)
         try:
             if result is NOT_PREPARED:
-                result = parse_form(
-                    start, self.line, offset, self.path, self.line_number
-                )
+                result = parse_form(start, self.line, offset)
         except ExpressionError as error:
             self.error(error.column, error.message)
             return None
@@ -128,25 +135,23 @@ class LineReader:
         for call in function_calls(item):
             spec = self.registry.function(call.name)
             if spec is None:
-                self.diagnostics.append(
-                    Diagnostic(
-                        call.loc,
-                        f"unknown function {call.name!r}"
-                        + suggest_name(call.name, self.registry.functions),
-                    )
+                self.error(
+                    call.column,
+                    f"unknown function {call.name!r}"
+                    + suggest_name(call.name, self.registry.functions),
                 )
                 continue
             message = arity_error(call.name, spec, len(call.args))
             if message is not None:
-                self.diagnostics.append(Diagnostic(call.loc, message))
+                self.error(call.column, message)
 
     def words(self, text: str, column: int) -> tuple[Template, ...] | None:
         key = (text, column)
         cached = WORDS_MEMO.get(key)
         if cached is not None:
-            return relocate(cached, self.path, self.line_number)  # type: ignore[no-any-return]
+            return cached
         try:
-            words = split_words(text, self.at(column))
+            words = split_words(text, column)
         except WordError as error:
             self.error(column + error.offset, error.message)
             return None
@@ -154,6 +159,21 @@ class LineReader:
             WORDS_MEMO.clear()
         WORDS_MEMO[key] = words
         return words
+
+    def template(self, text: str, column: int) -> Template:
+        key = (text, column)
+        cached = TEMPLATE_MEMO.get(key)
+        if cached is not None:
+            return cached
+        template = template_from_text(text, column)
+        if len(TEMPLATE_MEMO) >= WORDS_MEMO_LIMIT:
+            TEMPLATE_MEMO.clear()
+        TEMPLATE_MEMO[key] = template
+        return template
+
+    def source(self) -> str:
+        """Return the current line as written, stripped; equal lines share one string."""
+        return sys.intern(self.line.strip())
 
     def add(self, command: Command) -> None:
         self.stack[-1].body.append(command)

@@ -9,8 +9,9 @@ FleetConf.
 from __future__ import annotations
 
 import re
+import sys
 
-from fleetd.lang.ast import Literal, Location, Template, Variable
+from fleetd.lang.ast import Literal, Template, Variable
 
 REFERENCE_RE = re.compile(
     r"\$\{\s*([A-Za-z0-9_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\s*\}"
@@ -23,33 +24,42 @@ _HEX_ESCAPE_RE = re.compile(r"\\x(?:\{([0-9A-Fa-f]{1,6})\}|([0-9A-Fa-f]{1,2}))")
 _STRING_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 
 
-def _variable(name: str, loc: Location) -> Variable:
-    return Variable(tuple(name.split(".")), loc)
+def variable_path(name: str) -> tuple[str, ...]:
+    """Split a dotted variable name into its interned parts."""
+    return tuple([sys.intern(part) for part in name.split(".")])
 
 
-def template_from_text(text: str, loc: Location) -> Template:
-    """Build a template from raw text, where only `${name}` is special."""
+def _variable(name: str, column: int) -> Variable:
+    return Variable(variable_path(name), column)
+
+
+def template_from_text(text: str, column: int) -> Template:
+    """Build a template from raw text, where only `${name}` is special.
+
+    `column` is where `text` starts in its line.
+    """
     parts: list[str | Variable] = []
     position = 0
     for match in REFERENCE_RE.finditer(text):
         if match.start() > position:
             parts.append(text[position : match.start()])
-        column = loc.column + match.start()
-        parts.append(_variable(match.group(1), Location(loc.file, loc.line, column)))
+        parts.append(_variable(match.group(1), column + match.start()))
         position = match.end()
     if position < len(text) or not parts:
         parts.append(text[position:])
-    return Template(tuple(parts), loc)
+    return Template(tuple(parts), column)
 
 
-def string_literal(token: str, loc: Location) -> Literal | Template:
+def string_literal(token: str, column: int) -> Literal | Template:
     """Build the value of a double-quoted string token, quotes included.
+
+    `column` is where the opening quote is in its line.
 
     A string without references becomes a `Literal`, else a `Template`.
     """
     body = token[1:-1]
     if "\\" not in body and "${" not in body:
-        return Literal(body, loc)
+        return Literal(body, column)
     parts: list[str | Variable] = []
     chunk: list[str] = []
     index = 0
@@ -74,10 +84,7 @@ def string_literal(token: str, loc: Location) -> Literal | Template:
                     parts.append("".join(chunk))
                     chunk = []
                 # +1 for the opening quote
-                column = loc.column + 1 + index
-                parts.append(
-                    _variable(match.group(1), Location(loc.file, loc.line, column))
-                )
+                parts.append(_variable(match.group(1), column + 1 + index))
                 index = match.end()
                 continue
         chunk.append(char)
@@ -85,5 +92,5 @@ def string_literal(token: str, loc: Location) -> Literal | Template:
     if chunk or not parts:
         parts.append("".join(chunk))
     if len(parts) == 1 and isinstance(parts[0], str):
-        return Literal(parts[0], loc)
-    return Template(tuple(parts), loc)
+        return Literal(parts[0], column)
+    return Template(tuple(parts), column)

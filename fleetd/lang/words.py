@@ -18,8 +18,8 @@ plain arguments.
 
 from __future__ import annotations
 
-from fleetd.lang.ast import Location, Template, Variable
-from fleetd.lang.templates import REFERENCE_RE
+from fleetd.lang.ast import Template, Variable
+from fleetd.lang.templates import REFERENCE_RE, variable_path
 
 _BLANKS = " \t\r\f\v"
 _OPERATORS = "|&;<>`"
@@ -34,11 +34,11 @@ class WordError(ValueError):
         self.offset = offset
 
 
-def split_words(text: str, loc: Location) -> tuple[Template, ...]:
+def split_words(text: str, column: int) -> tuple[Template, ...]:
     """Split `text` into one template per word.
 
-    `loc` is the location of `text`'s first character; each template gets
-    the location of its word.
+    `column` is where `text` starts in its line; each template gets the
+    column of its word.
 
     Raises:
         WordError: an unterminated quote or an unquoted shell operator.
@@ -51,9 +51,6 @@ def split_words(text: str, loc: Location) -> tuple[Template, ...]:
     index = 0
     length = len(text)
 
-    def at(offset: int) -> Location:
-        return Location(loc.file, loc.line, loc.column + offset)
-
     def flush_chunk() -> None:
         if chunk:
             parts.append("".join(chunk))
@@ -65,7 +62,7 @@ def split_words(text: str, loc: Location) -> tuple[Template, ...]:
         if match is None:
             return -1
         flush_chunk()
-        parts.append(Variable(tuple(match.group(1).split(".")), at(offset)))
+        parts.append(Variable(variable_path(match.group(1)), column + offset))
         return match.end()
 
     while index < length:
@@ -80,7 +77,7 @@ def split_words(text: str, loc: Location) -> tuple[Template, ...]:
             word_start = index
         if char in _BLANKS:
             flush_chunk()
-            words.append(Template(tuple(parts) or ("",), at(word_start)))
+            words.append(Template(tuple(parts) or ("",), column + word_start))
             parts = []
             started = False
             index += 1
@@ -151,5 +148,5 @@ def split_words(text: str, loc: Location) -> tuple[Template, ...]:
         index += 1
     if started:
         flush_chunk()
-        words.append(Template(tuple(parts) or ("",), at(word_start)))
+        words.append(Template(tuple(parts) or ("",), column + word_start))
     return tuple(words)

@@ -41,6 +41,7 @@ from fleetd.lang.ast import (
     Echo,
     ExecCommand,
     Foreach,
+    Location,
     Log,
     Parallel,
     ProgramExec,
@@ -160,10 +161,10 @@ class RunCommandContext:
         self._add("error", hook)
 
 
-def evaluate_value(expr: Any, scope: Scope, state: RunState) -> Value:
-    """Evaluate an expression; any error becomes a `CommandError`."""
+def evaluate_value(expr: Any, scope: Scope, state: RunState, at: Location) -> Value:
+    """Evaluate an expression of the command at `at`; errors become `CommandError`."""
     try:
-        return evaluate(expr, scope, state.registry)
+        return evaluate(expr, scope, state.registry, at)
     except EvaluationError as error:
         raise CommandError(str(error)) from error
     except Exception as error:  # a broken function fails its command
@@ -189,7 +190,7 @@ def assign(command: Assign, scope: Scope, state: RunState) -> None:
     """Execute a `*SET`; a target under `this.` is also staged for commit."""
     if command.only_if_undefined and scope.lookup(command.target) is not None:
         return
-    value = evaluate_value(command.expr, scope, state)
+    value = evaluate_value(command.expr, scope, state, command.loc)
     if command.target[0] == "this" and len(command.target) > 1:
         old = scope.lookup(command.target) if state.pretend else None
         try:
@@ -235,7 +236,7 @@ def find_command(registry: Registry, name: str) -> Any:
 async def call(command: CallCommand, scope: Scope, state: RunState) -> bool:
     """Call a plugin command; return its truth, or False when it raised."""
     spec = find_command(state.registry, command.name)
-    args = [evaluate_value(arg, scope, state) for arg in command.args]
+    args = [evaluate_value(arg, scope, state, command.loc) for arg in command.args]
     if state.pretend and not getattr(spec, "side_effect_free", False):
         state.log.info("pretend_call", command=command_text(command))
         return True
@@ -327,7 +328,9 @@ async def execute_leaf(
         if builder.words is None:
             raise CommandError("OPTION before any COMMAND")
         condition = command.condition
-        if condition is not None and not truth(evaluate_value(condition, scope, state)):
+        if condition is not None and not truth(
+            evaluate_value(condition, scope, state, command.loc)
+        ):
             return
         builder.words.extend(interpolate_words(command.words, scope))
         builder.options += 1
@@ -343,7 +346,7 @@ async def execute_leaf(
         await call(command, scope, state)
     elif isinstance(command, Condition):
         # A condition inside Run (never produced by the parser) is a check.
-        if not truth(evaluate_value(command.expr, scope, state)):
+        if not truth(evaluate_value(command.expr, scope, state, command.loc)):
             raise CommandError("condition is false")
     else:
         raise CommandError(f"{type(command).__name__} cannot run here")
@@ -365,7 +368,9 @@ async def run_command(
     """
     if isinstance(command, When):
         try:
-            matched = truth(evaluate_value(command.condition, scope, state))
+            matched = truth(
+                evaluate_value(command.condition, scope, state, command.loc)
+            )
         except CommandError as error:
             state.fail(command, str(error))
             return False
@@ -374,7 +379,9 @@ async def run_command(
         return await run_block(command.body, scope.child(), state, builder, stop=stop)
     if isinstance(command, Foreach):
         try:
-            items = iteration_items(evaluate_value(command.items, scope, state))
+            items = iteration_items(
+                evaluate_value(command.items, scope, state, command.loc)
+            )
         except CommandError as error:
             state.fail(command, str(error))
             return False

@@ -74,7 +74,7 @@ def _walk_conditions(
         try:
             if isinstance(command, Condition):
                 state.commands_run += 1
-                if not truth(evaluate_value(command.expr, scope, state)):
+                if not truth(evaluate_value(command.expr, scope, state, command.loc)):
                     unmet.append(command_text(command))
                     state.log.info("condition_false", command=command_text(command))
                     if stop_at_first:
@@ -83,13 +83,17 @@ def _walk_conditions(
                 state.commands_run += 1
                 assign(command, scope, state)
             elif isinstance(command, When):
-                matched = truth(evaluate_value(command.condition, scope, state))
+                matched = truth(
+                    evaluate_value(command.condition, scope, state, command.loc)
+                )
                 if matched and not _walk_conditions(
                     command.body, scope.child(), state, unmet, stop_at_first
                 ):
                     return False
             elif isinstance(command, Foreach):
-                items = iteration_items(evaluate_value(command.items, scope, state))
+                items = iteration_items(
+                    evaluate_value(command.items, scope, state, command.loc)
+                )
                 for item in items:
                     inner = scope.child()
                     inner.define(command.variable, item)
@@ -159,7 +163,9 @@ async def _walk_cleanup(
                 )
         elif isinstance(command, When):
             try:
-                matched = truth(evaluate_value(command.condition, scope, state))
+                matched = truth(
+                    evaluate_value(command.condition, scope, state, command.loc)
+                )
             except CommandError as error:
                 state.fail(command, str(error))
                 continue
@@ -167,7 +173,9 @@ async def _walk_cleanup(
                 await _walk_cleanup(command.body, scope.child(), state, run_succeeded)
         elif isinstance(command, Foreach):
             try:
-                items = iteration_items(evaluate_value(command.items, scope, state))
+                items = iteration_items(
+                    evaluate_value(command.items, scope, state, command.loc)
+                )
             except CommandError as error:
                 state.fail(command, str(error))
                 continue

@@ -110,6 +110,7 @@ def cold_parse(paths: list[Path], registry: Registry) -> tuple[float, AgentCache
     # No parsed form or command line is kept from an earlier run.
     expressions._memo.clear()
     reader.WORDS_MEMO.clear()
+    reader.TEMPLATE_MEMO.clear()
     cache = AgentCache(registry)
     start = time.perf_counter()
     cpu_start = time.process_time()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.lang import AgentCache, AgentError, Registry
+from fleetd.lang import AgentCache, AgentError, Location, Registry
 
 AGENT = "NAME A\nMNEMONIC a\nCHECK this.x = 1\nECHO ${this.x}\n"
 
@@ -53,10 +53,11 @@ def test_same_line_in_two_files_keeps_each_location(tmp_path: Path) -> None:
     assert check_one.loc.file == str(first_path)
     assert check_two.loc.file == str(second_path)
     assert check_two.loc.line == 5
-    assert check_two.expr.left.loc.file == str(second_path)
-    assert check_two.expr.left.loc.line == 5
+    left_two = check_two.loc.with_column(check_two.expr.left.column)
+    assert left_two == Location(str(second_path), 5, 7)
     echo_two = two.commands[1]
-    assert echo_two.text.parts[0].loc.line == 6
+    assert echo_two.loc.line == 6
+    assert echo_two.text.parts[0].column == 6
 
 
 def test_prune_drops_removed_files(tmp_path: Path) -> None:

@@ -19,18 +19,23 @@ from fleetd.lang import (
 )
 
 
-def expression(text: str, registry: Registry | None = None):
+def condition(text: str, registry: Registry | None = None) -> Condition:
     agent = parse_agent(
         f"NAME t\nMNEMONIC t\nCHECK {text}\n", "t.agent", registry=registry
     )
     (command,) = agent.commands
     assert isinstance(command, Condition)
-    return command.expr
+    return command
+
+
+def expression(text: str, registry: Registry | None = None):
+    return condition(text, registry).expr
 
 
 def value(text: str, variables: dict | None = None, registry: Registry | None = None):
     registry = registry or Registry.default()
-    return evaluate(expression(text, registry), Scope(variables or {}), registry)
+    command = condition(text, registry)
+    return evaluate(command.expr, Scope(variables or {}), registry, command.loc)
 
 
 @pytest.mark.parametrize(

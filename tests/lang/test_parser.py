@@ -162,7 +162,7 @@ def test_only_if_undefined_assignment() -> None:
     (command,) = parse('SET color //= "blue"\n').commands
     assert isinstance(command, Assign)
     assert command.only_if_undefined
-    assert command.expr == Literal("blue", command.expr.loc)
+    assert command.expr == Literal("blue", command.expr.column)
 
 
 def test_nested_blocks_keep_phases() -> None:
@@ -267,12 +267,12 @@ def test_program_commands() -> None:
     assert isinstance(option, ProgramOption)
     assert option.condition is None
     assert option.words[1].parts[0] == Variable(
-        ("shell",), option.words[1].parts[0].loc
+        ("shell",), option.words[1].parts[0].column
     )
     assert isinstance(option_if, ProgramOption)
     assert option_if.condition is not None
     assert [len(w.parts) for w in option_if.words] == [1, 1]
-    assert option_if.words[0].loc.column == 26
+    assert option_if.words[0].column == 26
     assert isinstance(exec_if, ProgramExec)
     assert exec_if.only_if_option
     assert exec_if.ignore_failure
@@ -288,7 +288,7 @@ def test_exec_words_keep_values_in_one_argument() -> None:
     assert isinstance(command, ExecCommand)
     words = command.argv
     assert len(words) == 5
-    assert words[1].parts == (Variable(("this", "username"), words[1].parts[0].loc),)
+    assert words[1].parts == (Variable(("this", "username"), words[1].parts[0].column),)
     assert words[3].parts[0] == "a"
     assert words[3].parts[2] == "b"
     assert words[4].parts[0] == "q "

@@ -6,15 +6,15 @@ import shlex
 
 import pytest
 
-from fleetd.lang import Location, Scope, Variable, interpolate
+from fleetd.lang import Scope, Variable, interpolate
 from fleetd.lang.words import WordError, split_words
 
-LOC = Location("w.agent", 3, 14)
+COLUMN = 14
 
 
 def words(text: str, variables: dict | None = None) -> list[str]:
     scope = Scope(variables or {})
-    return [interpolate(word, scope) for word in split_words(text, LOC)]
+    return [interpolate(word, scope) for word in split_words(text, COLUMN)]
 
 
 @pytest.mark.parametrize(
@@ -58,10 +58,10 @@ def test_references_in_every_quoting() -> None:
 
 
 def test_reference_locations() -> None:
-    (first, second) = split_words("cp ${this.src}", LOC)
-    assert first.loc.column == 14
-    assert second.loc.column == 17
-    assert second.parts == (Variable(("this", "src"), Location("w.agent", 3, 17)),)
+    (first, second) = split_words("cp ${this.src}", COLUMN)
+    assert first.column == 14
+    assert second.column == 17
+    assert second.parts == (Variable(("this", "src"), 17),)
 
 
 def test_undefined_value_is_empty_argument() -> None:
@@ -82,7 +82,7 @@ def test_undefined_value_is_empty_argument() -> None:
 )
 def test_rejected_command_lines(text: str, message: str, offset: int) -> None:
     with pytest.raises(WordError) as caught:
-        split_words(text, LOC)
+        split_words(text, COLUMN)
     assert caught.value.message.startswith(message)
     assert caught.value.offset == offset
 
