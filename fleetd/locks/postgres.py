@@ -9,8 +9,11 @@ mark, or finds no commit at all. Lease times come from the database clock
 only grow. A resolution locks the row (`FOR UPDATE`), checks the token and
 the expiry, runs `in_transaction` (a workflow's `UPDATE`) and writes the
 mark and history, all in one transaction. Claims and resolutions without
-`in_transaction` run as PL/pgSQL functions (`fleetd_acquire`,
-`fleetd_resolve`), so each costs one round trip.
+`in_transaction` run as PL/pgSQL functions (`fleetd_acquire_many`,
+`fleetd_resolve_many`). The claims that a process's runs make at the same
+time go to the database as one batch, in one round trip and one
+transaction, and so do their resolutions: the batch commits once, and each
+caller returns only after that commit.
 
 Connection loss (a restart, a failover, a cut network) is retried with
 backoff and jitter, for as long as it lasts: a run waits, and nothing is
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -40,10 +44,12 @@ from fleetd.locks.base import (
     Locked,
     LockInfo,
     LockKey,
+    LockRefused,
     Mark,
     Owner,
     Resolution,
 )
+from fleetd.locks.batching import Batcher
 from fleetd.locks.common import (
     HISTORY_COLUMNS,
     LOCK_COLUMNS,
@@ -95,6 +101,29 @@ CLIENT_STATE_ERRORS = (
 #: how a connection is used would otherwise repeat forever.
 MAX_BROKEN_CONNECTIONS = 20
 
+#: Claims, or resolutions, sent to the database in one batch at most.
+MAX_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    key: LockKey
+    owner: Owner
+    agent: str
+    run_id: str
+    lease: float
+    check_mark: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolve:
+    grant: Grant
+    resolution: Resolution
+    agent: str
+    run_id: str
+    reason: str | None
+    mark: bool
+
 
 def _terminate(connection: Any) -> None:
     with contextlib.suppress(Exception):
@@ -118,6 +147,12 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self.retries = 0
+        self._claims: Batcher[_Claim, Grant] = Batcher(
+            self._acquire_batch, max_batch=MAX_BATCH, keep=self._tasks
+        )
+        self._resolutions: Batcher[_Resolve, None] = Batcher(
+            self._resolve_batch, max_batch=MAX_BATCH, keep=self._tasks
+        )
 
     async def open(self) -> None:
         """Connect and migrate; retry a server that is not up yet a few times."""
@@ -201,55 +236,39 @@ class PostgresStore:
         *,
         check_mark: bool,
     ) -> Grant:
-        async def run(connection: asyncpg.Connection, attempt: int) -> Grant:
-            row = await connection.fetchrow(
-                "SELECT * FROM fleetd_acquire($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                " $10, $11)",
-                key.workflow,
-                key.record,
-                key.mnemonic,
-                agent,
-                owner.host,
-                owner.pid,
-                owner.started,
-                owner.instance,
-                lease,
-                run_id,
-                check_mark,
-            )
-            if row["r_outcome"] == "granted":
-                return Grant(key, row["r_token"], row["r_expires"])
-            if row["r_outcome"] == "done":
-                raise Done(
-                    Mark(
-                        key,
-                        row["r_agent"],
-                        Resolution(row["r_resolution"]),
-                        row["r_reason"],
-                        row["r_at"],
-                    )
-                )
-            holder = LockInfo(
-                key=key,
-                agent=row["r_agent"],
-                owner=Owner(
-                    host=row["r_host"],
-                    pid=row["r_pid"],
-                    instance=row["r_instance"],
-                    started=row["r_started"],
-                ),
-                token=row["r_token"],
-                since=row["r_since"],
-                expires=row["r_expires"],
-                run_id=row["r_run_id"],
-            )
-            if attempt > 1 and same_claim(holder, owner, run_id):
-                return grant_of(holder)
-            raise Locked(holder)
+        claim = _Claim(key, owner, agent, run_id, lease, check_mark)
 
-        task = self._retrying("acquire", run)
+        return await await_detached(
+            self._claims.submit(claim), self._tasks, self._release_orphan
+        )
 
-        return await await_detached(task, self._tasks, self._release_orphan)
+    async def _acquire_batch(self, claims: list[_Claim]) -> list[Grant | LockRefused]:
+        async def run(
+            connection: asyncpg.Connection, attempt: int
+        ) -> list[Grant | LockRefused]:
+            rows = await connection.fetch(
+                "SELECT * FROM fleetd_acquire_many($1, $2, $3, $4, $5, $6, $7,"
+                " $8, $9, $10, $11)",
+                [c.key.workflow for c in claims],
+                [c.key.record for c in claims],
+                [c.key.mnemonic for c in claims],
+                [c.agent for c in claims],
+                [c.owner.host for c in claims],
+                [c.owner.pid for c in claims],
+                [c.owner.started for c in claims],
+                [c.owner.instance for c in claims],
+                [c.lease for c in claims],
+                [c.run_id for c in claims],
+                [c.check_mark for c in claims],
+            )
+            results: list[Grant | LockRefused] = [None] * len(claims)  # type: ignore[list-item]
+            for row in rows:
+                index = row["r_index"] - 1
+                results[index] = _claim_result(claims[index], row, attempt)
+
+            return results
+
+        return await self._retrying("acquire", run)
 
     def _release_orphan(self, grant: Grant) -> None:
         # The caller was cancelled after its lock was granted: drop the lock
@@ -309,34 +328,6 @@ class PostgresStore:
     ) -> None:
         key = grant.key
 
-        async def resolve_in_one_call(
-            connection: asyncpg.Connection, attempt: int
-        ) -> None:
-            status = await connection.fetchval(
-                "SELECT fleetd_resolve($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                key.workflow,
-                key.record,
-                key.mnemonic,
-                grant.token,
-                resolution.value,
-                agent,
-                run_id,
-                reason,
-                mark,
-            )
-            if status == "ok":
-                return
-            if attempt > 1 and await _resolved_before(
-                connection, grant.token, resolution
-            ):
-                return  # the attempt whose reply was lost committed
-            raise LeaseLost(
-                _LEASE_LOST[status].format(
-                    record=f"{key.workflow}/{key.record}/{key.mnemonic}",
-                    token=grant.token,
-                )
-            )
-
         async def run(connection: asyncpg.Connection, attempt: int) -> None:
             async with connection.transaction():
                 row = await connection.fetchrow(
@@ -368,11 +359,52 @@ class PostgresStore:
                     mark,
                 )
 
+        operation: Awaitable[None]
         if in_transaction is None:
-            operation = self._retrying("resolve", resolve_in_one_call)
+            operation = self._resolutions.submit(
+                _Resolve(grant, resolution, agent, run_id, reason, mark)
+            )
         else:
             operation = self._retrying("resolve", run)
         await await_detached(operation, self._tasks)
+
+    async def _resolve_batch(self, items: list[_Resolve]) -> list[None | LeaseLost]:
+        async def run(
+            connection: asyncpg.Connection, attempt: int
+        ) -> list[None | LeaseLost]:
+            rows = await connection.fetch(
+                "SELECT r_index, r_status FROM fleetd_resolve_many($1, $2, $3,"
+                " $4, $5, $6, $7, $8, $9)",
+                [i.grant.key.workflow for i in items],
+                [i.grant.key.record for i in items],
+                [i.grant.key.mnemonic for i in items],
+                [i.grant.token for i in items],
+                [i.resolution.value for i in items],
+                [i.agent for i in items],
+                [i.run_id for i in items],
+                [i.reason for i in items],
+                [i.mark for i in items],
+            )
+            results: list[None | LeaseLost] = [None] * len(items)
+            for index, status in rows:
+                if status == "ok":
+                    continue
+                item = items[index - 1]
+                if attempt > 1 and await _resolved_before(
+                    connection, item.grant.token, item.resolution
+                ):
+                    continue  # the attempt whose reply was lost committed
+                key = item.grant.key
+                results[index - 1] = LeaseLost(
+                    _LEASE_LOST[status].format(
+                        record=f"{key.workflow}/{key.record}/{key.mnemonic}",
+                        token=item.grant.token,
+                    )
+                )
+
+            return results
+
+        return await self._retrying("resolve", run)
 
     async def validate(self, grant: Grant) -> None:
         async def run(connection: asyncpg.Connection, attempt: int) -> None:
@@ -503,6 +535,41 @@ class PostgresStore:
         return await self._retrying("retry", run)
 
 
+def _claim_result(claim: _Claim, row: Any, attempt: int) -> Grant | LockRefused:
+    """Turn a row of `fleetd_acquire_many` into a grant or a refusal."""
+    key = claim.key
+    if row["r_outcome"] == "granted":
+        return Grant(key, row["r_token"], row["r_expires"])
+    if row["r_outcome"] == "done":
+        return Done(
+            Mark(
+                key,
+                row["r_agent"],
+                Resolution(row["r_resolution"]),
+                row["r_reason"],
+                row["r_at"],
+            )
+        )
+    holder = LockInfo(
+        key=key,
+        agent=row["r_agent"],
+        owner=Owner(
+            host=row["r_host"],
+            pid=row["r_pid"],
+            instance=row["r_instance"],
+            started=row["r_started"],
+        ),
+        token=row["r_token"],
+        since=row["r_since"],
+        expires=row["r_expires"],
+        run_id=row["r_run_id"],
+    )
+    if attempt > 1 and same_claim(holder, claim.owner, claim.run_id):
+        return grant_of(holder)  # the attempt whose reply was lost was granted
+
+    return Locked(holder)
+
+
 async def _resolved_before(
     connection: asyncpg.Connection, token: int, resolution: Resolution
 ) -> bool:
@@ -567,5 +634,3 @@ def _lease_lost_message(grant: Grant, row: Any) -> str:
         return f"lock on {record} has token {row['token']}, not {grant.token}"
 
     return f"lease on {record} expired {row[12] - row['expires']:.1f} s ago"
-
-

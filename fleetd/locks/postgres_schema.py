@@ -172,6 +172,67 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         END
         $$""",
     ),
+    # Claims and resolutions in batches: the concurrent calls of one
+    # process share one round trip and one commit (one WAL flush). Each
+    # item runs the single-record function, in key order, so that two
+    # batches that claim the same records wait for each other instead of
+    # deadlocking. Parameters are arrays of equal length, and the rows
+    # returned carry the 1-based index of their item.
+    3: (
+        """CREATE OR REPLACE FUNCTION fleetd_acquire_many(
+            p_workflow text[], p_record text[], p_mnemonic text[],
+            p_agent text[], p_host text[], p_pid integer[], p_started bigint[],
+            p_instance text[], p_lease float8[], p_run_id text[],
+            p_check_mark boolean[])
+        RETURNS TABLE (r_index integer, r_outcome text, r_token bigint,
+            r_expires float8, r_agent text, r_host text, r_pid integer,
+            r_started bigint, r_instance text, r_since float8, r_run_id text,
+            r_resolution text, r_reason text, r_at float8)
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            FOR r_index IN
+                SELECT k.i::integer FROM unnest(p_workflow, p_record, p_mnemonic)
+                    WITH ORDINALITY AS k(workflow, record, mnemonic, i)
+                    ORDER BY k.workflow, k.record, k.mnemonic, k.i
+            LOOP
+                SELECT a.r_outcome, a.r_token, a.r_expires, a.r_agent,
+                        a.r_host, a.r_pid, a.r_started, a.r_instance,
+                        a.r_since, a.r_run_id, a.r_resolution, a.r_reason,
+                        a.r_at
+                    INTO r_outcome, r_token, r_expires, r_agent, r_host,
+                        r_pid, r_started, r_instance, r_since, r_run_id,
+                        r_resolution, r_reason, r_at
+                    FROM fleetd_acquire(p_workflow[r_index],
+                        p_record[r_index], p_mnemonic[r_index],
+                        p_agent[r_index], p_host[r_index], p_pid[r_index],
+                        p_started[r_index], p_instance[r_index],
+                        p_lease[r_index], p_run_id[r_index],
+                        p_check_mark[r_index]) a;
+                RETURN NEXT;
+            END LOOP;
+        END
+        $$""",
+        """CREATE OR REPLACE FUNCTION fleetd_resolve_many(
+            p_workflow text[], p_record text[], p_mnemonic text[],
+            p_token bigint[], p_resolution text[], p_agent text[],
+            p_run_id text[], p_reason text[], p_mark boolean[])
+        RETURNS TABLE (r_index integer, r_status text)
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            FOR r_index IN
+                SELECT k.i::integer FROM unnest(p_workflow, p_record, p_mnemonic)
+                    WITH ORDINALITY AS k(workflow, record, mnemonic, i)
+                    ORDER BY k.workflow, k.record, k.mnemonic, k.i
+            LOOP
+                r_status := fleetd_resolve(p_workflow[r_index],
+                    p_record[r_index], p_mnemonic[r_index], p_token[r_index],
+                    p_resolution[r_index], p_agent[r_index], p_run_id[r_index],
+                    p_reason[r_index], p_mark[r_index]);
+                RETURN NEXT;
+            END LOOP;
+        END
+        $$""",
+    ),
 }
 
 #: Version of the PostgreSQL schema this fleetd writes.

@@ -23,6 +23,7 @@ from fleetd.locks import (
     upgrade,
 )
 from fleetd.locks.postgres import PostgresStore
+from fleetd.locks.postgres_schema import SCHEMA_VERSION
 
 KEY = LockKey("accounts", "alice", "mk")
 
@@ -64,14 +65,13 @@ async def test_concurrent_opens_migrate_once(pg_url: str) -> None:
     for store in stores:
         await store.close()
     assert [e["version"] for e in logs if e["event"] == "state_store_migrated"] == [
-        1,
-        2,
+        *range(1, SCHEMA_VERSION + 1)
     ]
-    assert await upgrade(pg_url) == 2
+    assert await upgrade(pg_url) == SCHEMA_VERSION
 
 
 async def test_newer_schema_rejected(pg_url: str) -> None:
-    assert await upgrade(pg_url) == 2
+    assert await upgrade(pg_url) == SCHEMA_VERSION
     connection = await asyncpg.connect(pg_url)
     await connection.execute("UPDATE fleetd_schema SET version = 99")
     await connection.close()
