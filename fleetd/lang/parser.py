@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from fleetd.lang.reader import (
     split_lines,
 )
 from fleetd.lang.registry import Registry, arity_error
+from fleetd.lang.templates import variable_path
 from fleetd.lang.tree import commands_of_phase, suggest_name
 
 
@@ -104,7 +106,7 @@ class _FileParser(LineReader):
         if match is None:
             self.error(column, f"expected a command keyword, found {line[indent]!r}")
             return
-        keyword = match.group()
+        keyword = sys.intern(match.group())
         rest_at = match.end()
         if rest_at < len(line) and line[rest_at] not in " \t\f\v(":
             self.error(rest_at + 1, f"unexpected {line[rest_at]!r} after {keyword}")
@@ -151,6 +153,9 @@ class _FileParser(LineReader):
             return
 
         value = self.header_value(keyword, raw, value_column)
+        if isinstance(value, str):
+            # Agents of one conf dir often repeat WORKFLOW or DESCRIPTION.
+            value = sys.intern(value)
         if value is not None:
             self.header[keyword] = value
 
@@ -224,7 +229,7 @@ class _FileParser(LineReader):
         if parsed is None:
             return
         name, only_if_undefined, expr = parsed
-        target = tuple(name.split("."))
+        target = variable_path(name)
         if target[0] == "this" and (len(target) == 1 or keyword != "SET"):
             message = (
                 "cannot assign to this itself; set a field such as this.status"

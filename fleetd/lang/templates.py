@@ -8,6 +8,7 @@ FleetConf.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 
@@ -24,8 +25,12 @@ _HEX_ESCAPE_RE = re.compile(r"\\x(?:\{([0-9A-Fa-f]{1,6})\}|([0-9A-Fa-f]{1,2}))")
 _STRING_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 
 
+@functools.lru_cache(maxsize=16_384)
 def variable_path(name: str) -> tuple[str, ...]:
-    """Split a dotted variable name into its interned parts."""
+    """Split a dotted variable name into its interned parts.
+
+    Equal names get one shared tuple, as long as the cache keeps it.
+    """
     return tuple([sys.intern(part) for part in name.split(".")])
 
 
