@@ -246,7 +246,9 @@ class PostgresStore:
         async def run(
             connection: asyncpg.Connection, attempt: int
         ) -> list[Grant | LockRefused]:
-            rows = await connection.fetch(
+            rows = await _fetch_batch(
+                connection,
+                len(claims),
                 "SELECT * FROM fleetd_acquire_many($1, $2, $3, $4, $5, $6, $7,"
                 " $8, $9, $10, $11)",
                 [c.key.workflow for c in claims],
@@ -268,7 +270,10 @@ class PostgresStore:
 
             return results
 
-        return await self._retrying("acquire", run)
+        try:
+            return await self._retrying("acquire", run)
+        except _BatchRejected as rejected:
+            return await self._each_alone(self._acquire_batch, claims, rejected)
 
     def _release_orphan(self, grant: Grant) -> None:
         # The caller was cancelled after its lock was granted: drop the lock
@@ -296,13 +301,20 @@ class PostgresStore:
         self, grants: list[Grant], owner: Owner, lease: float
     ) -> list[Grant]:
         async def run(connection: asyncpg.Connection, attempt: int) -> list[Grant]:
+            # The rows are locked in key order, as a batch of resolutions
+            # locks them, so that the two cannot deadlock.
             rows = await connection.fetch(
-                f"UPDATE fleetd_locks AS l SET expires = {NOW} + $5"
-                " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
+                "WITH held AS (SELECT l.workflow, l.record, l.mnemonic"
+                " FROM fleetd_locks AS l"
+                " JOIN unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
                 " AS g(workflow, record, mnemonic, token)"
-                " WHERE l.workflow = g.workflow AND l.record = g.record"
+                " ON l.workflow = g.workflow AND l.record = g.record"
                 " AND l.mnemonic = g.mnemonic AND l.token = g.token"
-                f" AND l.expires >= {NOW}"
+                f" WHERE l.expires >= {NOW}"
+                " ORDER BY l.workflow, l.record, l.mnemonic FOR UPDATE OF l)"
+                f" UPDATE fleetd_locks AS l SET expires = {NOW} + $5 FROM held AS h"
+                " WHERE l.workflow = h.workflow AND l.record = h.record"
+                " AND l.mnemonic = h.mnemonic"
                 " RETURNING l.workflow, l.record, l.mnemonic, l.token, l.expires",
                 [g.key.workflow for g in grants],
                 [g.key.record for g in grants],
@@ -372,7 +384,9 @@ class PostgresStore:
         async def run(
             connection: asyncpg.Connection, attempt: int
         ) -> list[None | LeaseLost]:
-            rows = await connection.fetch(
+            rows = await _fetch_batch(
+                connection,
+                len(items),
                 "SELECT r_index, r_status FROM fleetd_resolve_many($1, $2, $3,"
                 " $4, $5, $6, $7, $8, $9)",
                 [i.grant.key.workflow for i in items],
@@ -404,7 +418,34 @@ class PostgresStore:
 
             return results
 
-        return await self._retrying("resolve", run)
+        try:
+            return await self._retrying("resolve", run)
+        except _BatchRejected as rejected:
+            return await self._each_alone(self._resolve_batch, items, rejected)
+
+    async def _each_alone(
+        self,
+        run_batch: Callable[[list[Any]], Awaitable[list[Any]]],
+        items: list[Any],
+        rejected: _BatchRejected,
+    ) -> list[Any]:
+        """Run each item of a rejected batch alone, so that only its culprit fails."""
+        log.warning(
+            "state_store_batch_rejected",
+            store="postgresql",
+            operation="acquire" if run_batch == self._acquire_batch else "resolve",
+            items=len(items),
+            error=repr(rejected.__cause__),
+        )
+        results: list[Any] = []
+        for item in items:
+            try:
+                [result] = await run_batch([item])
+            except Exception as error:  # noqa: BLE001 - the item's caller raises it
+                result = error
+            results.append(result)
+
+        return results
 
     async def validate(self, grant: Grant) -> None:
         async def run(connection: asyncpg.Connection, attempt: int) -> None:
@@ -533,6 +574,28 @@ class PostgresStore:
             )
 
         return await self._retrying("retry", run)
+
+
+class _BatchRejected(Exception):
+    """PostgreSQL rejected a statement of several items; it wrote none of them."""
+
+
+async def _fetch_batch(
+    connection: asyncpg.Connection, items: int, query: str, *args: Any
+) -> list[Any]:
+    """Run the statement of a batch of `items` items and return its rows.
+
+    A batch statement runs in one transaction, so an error that one item
+    causes (a record id with a NUL byte, say) rolls back all of them. Such
+    an error is raised as `_BatchRejected`, and the caller then runs the
+    items one by one.
+    """
+    try:
+        return await connection.fetch(query, *args)
+    except asyncpg.PostgresError as error:
+        if items == 1 or is_transient(error):
+            raise
+        raise _BatchRejected() from error
 
 
 def _claim_result(claim: _Claim, row: Any, attempt: int) -> Grant | LockRefused:
