@@ -52,6 +52,7 @@ from fleetd.runtime.agents import LoadedAgent
 from fleetd.runtime.loop import pidfd_child_watcher
 from fleetd.runtime.report import Outcome, RunReport
 from fleetd.runtime.run import PendingRun, RunSettings, start_record
+from fleetd.runtime.slots import RunSlots
 from fleetd.workflows import Workflow, open_workflow
 from fleetd.workflows.base import Record
 
@@ -104,7 +105,7 @@ class Engine:
         # Workflows replaced by `reconfigure`, closed with the engine because
         # runs in flight may still use them.
         self._retired: list[Workflow] = []
-        self._limiter = anyio.CapacityLimiter(config.daemon.max_concurrency)
+        self._slots = RunSlots(config.daemon.max_concurrency)
         self._run_scopes: set[anyio.CancelScope] = set()
         self._store_waits: set[anyio.CancelScope] = set()
         self._preparing: set[anyio.CancelScope] = set()
@@ -170,7 +171,7 @@ class Engine:
         self.config = config
         self._retired.extend(self._workflows.values())
         self._workflows = {}
-        self._limiter.total_tokens = config.daemon.max_concurrency
+        self._slots.total = config.daemon.max_concurrency
 
     def workflow(self, name: str) -> Workflow:
         """Return the workflow called `name`, opened on first use."""
@@ -278,7 +279,7 @@ class Engine:
             for record in pending:
                 if self._stopping:
                     break
-                async with self._limiter:
+                async with self._slots:
                     if self._stopping:
                         break
                     version = loaded if current is None else current()

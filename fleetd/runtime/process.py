@@ -28,9 +28,9 @@ argument. This module adds what a shell would otherwise decide:
   as a failed `ProgramResult`; no exception escapes `run_program` other
   than cancellation.
 
-Programs start on a thread pool (`fleetd.runtime.spawn`), so that forking
-does not block the event loop, or through `loop.subprocess_exec` where
-pidfds are missing. Either way a protocol's callbacks receive the output,
+Programs start with `os.posix_spawn` and are watched through a pidfd
+(`fleetd.runtime.spawn`), or through `loop.subprocess_exec` where pidfds
+are missing. Either way a protocol's callbacks receive the output,
 rather than the streams of `anyio.open_process` or
 `asyncio.create_subprocess_exec`: those add a reader task per pipe, which
 measured slower in scripts/bench/engine.py. On Python 3.11 the Engine
@@ -56,7 +56,7 @@ import anyio
 import structlog
 
 from fleetd.runtime.loop import pidfd_supported
-from fleetd.runtime.spawn import SpawnedProgram, can_spawn_on_thread, start_program
+from fleetd.runtime.spawn import SpawnedProgram, start_program
 
 MAX_LINE_BYTES = 8192  # longer output lines are cut
 # Output of one program logged line by line, stdout and stderr together;
@@ -67,8 +67,8 @@ CAPTURE_LINES = 50  # lines of output kept in the result, the last ones
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 LEFTOVER_WAIT = 0.2  # seconds the pipes may stay open after the program exits
 PIPE_CLOSE_WAIT = 1.0  # seconds to wait for pipes once the group is killed
-# Start programs on a thread pool (fleetd.runtime.spawn) on asyncio's own
-# loop with pidfd support; otherwise through loop.subprocess_exec.
+# Start programs with posix_spawn and a pidfd (fleetd.runtime.spawn) where
+# pidfds exist; otherwise through loop.subprocess_exec.
 PIDFD_SUPPORTED = pidfd_supported()
 
 
@@ -366,7 +366,6 @@ async def run_program(
     *,
     safe_path: Sequence[str],
     conf_dir: Path | None = None,
-    cwd: str | None = None,
     env: dict[str, str] | None = None,
     kill_grace: float = KILL_GRACE,
     log: Any = None,
@@ -402,14 +401,14 @@ async def run_program(
     )
     transport: asyncio.SubprocessTransport | SpawnedProgram
     try:
-        # Shielded: cancelled half-way, the program would run on without
-        # anyone to reap it or to kill its group.
-        with anyio.CancelScope(shield=True):
-            if PIDFD_SUPPORTED and can_spawn_on_thread():
-                transport = await start_program(
-                    protocol, (executable, *words[1:]), cwd=cwd, env=env
-                )
-            else:
+        if PIDFD_SUPPORTED:
+            # Synchronous, so no cancellation can come between the start
+            # and the handle that reaps the program and kills its group.
+            transport = start_program(protocol, (executable, *words[1:]), env=env)
+        else:
+            # Shielded: cancelled half-way, the program would run on without
+            # anyone to reap it or to kill its group.
+            with anyio.CancelScope(shield=True):
                 loop = asyncio.get_running_loop()
                 transport, _ = await loop.subprocess_exec(
                     lambda: protocol,
@@ -419,7 +418,6 @@ async def run_program(
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     start_new_session=True,
-                    cwd=cwd,
                     env=env,
                 )
     except OSError as error:

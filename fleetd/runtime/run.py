@@ -33,6 +33,7 @@ from typing import Any
 
 import anyio
 import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from fleetd.config.secrets import is_secret
 from fleetd.lang import Registry, Scope, Value, render
@@ -185,11 +186,14 @@ class PendingRun:
 
     async def finish(self) -> RunReport:
         """Resolve the lock if one is held; log and return the report."""
-        with structlog.contextvars.bound_contextvars(**self.context):
+        # bind and reset rather than bound_contextvars, which reads every
+        # context variable to restore them.
+        tokens = bind_contextvars(**self.context)
+        try:
             if self._resolve is not None:
                 with anyio.CancelScope(shield=True) as scope:
                     self._store_waits.add(scope)
-                    structlog.contextvars.bind_contextvars(phase="resolution")
+                    bind_contextvars(phase="resolution")
                     resolved = await self._resolve()
                 self._store_waits.discard(scope)
                 # Cancelled only by a shutdown that gave up on the store.
@@ -206,6 +210,8 @@ class PendingRun:
                 reason=report.reason,
                 duration_s=round(report.duration_s, 6),
             )
+        finally:
+            reset_contextvars(**tokens)
 
         return report
 
@@ -248,12 +254,16 @@ async def start_record(
         "run_id": run_id,
     }
     started = time.monotonic()
-    with structlog.contextvars.bound_contextvars(**context, phase="requirements"):
+    context["phase"] = "requirements"
+    tokens = bind_contextvars(**context)
+    try:
+        # `_run` keeps context["phase"] at the phase the run is in, so the
+        # events `finish` logs name the phase the run ended in.
         outcome = await _run(
-            agent, variables, record, workflow, settings, cancel_scope, run_id
+            agent, variables, record, workflow, settings, cancel_scope, context
         )
-        # The phase the run ended in, for the events `finish` logs.
-        context["phase"] = structlog.contextvars.get_contextvars().get("phase")
+    finally:
+        reset_contextvars(**tokens)
     if isinstance(outcome, RunReport):
         return PendingRun(context, started, report=outcome)
 
@@ -296,9 +306,14 @@ async def _run(
     workflow: Workflow,
     settings: RunSettings,
     cancel_scope: anyio.CancelScope | None,
-    run_id: str,
+    context: dict[str, Any],
 ) -> RunReport | Finish:
     """Run the phases up to Cleanup; return a report, or the resolution to make."""
+    run_id = context["run_id"]
+
+    def enter(phase: str) -> None:
+        context["phase"] = phase
+        bind_contextvars(phase=phase)
 
     def report(outcome: Outcome, **fields: Any) -> RunReport:
         return RunReport(
@@ -350,11 +365,12 @@ async def _run(
             reason = "in error" if mark is Resolution.ERROR else None
             return report(Outcome.DONE, reason=reason)
         would, reason = await pretend_run(state, scope)
+        context["phase"] = "cleanup"
         return report(Outcome.PRETEND, reason=reason, would=would)
 
     # Lock: refused when another run holds it or the mnemonic is done.
     assert settings.locks is not None
-    structlog.contextvars.bind_contextvars(phase="lock")
+    enter("lock")
     try:
         with anyio.CancelScope() as lock_scope:
             settings.store_waits.add(lock_scope)
@@ -389,12 +405,12 @@ async def _run(
         try:
             # NOTE: expressions evaluate synchronously, so TIMEOUT cannot stop
             # a slow function inside Check; it takes effect at the next await.
-            structlog.contextvars.bind_contextvars(phase="check")
+            enter("check")
             check_failed = evaluate_conditions(
                 agent.phase(Phase.CHECK), scope, state, stop_at_first=False
             )
             if not check_failed:
-                structlog.contextvars.bind_contextvars(phase="run")
+                enter("run")
                 state.failures.clear()
                 run_succeeded = await run_phase(state, scope)
                 if not run_succeeded:
@@ -420,7 +436,7 @@ async def _run(
         run_result = PhaseResult.SUCCEEDED if run_succeeded else PhaseResult.FAILED
 
     # Cleanup: shielded, so shutdown cannot skip it.
-    structlog.contextvars.bind_contextvars(phase="cleanup")
+    enter("cleanup")
     state.failures.clear()
     cleanup_succeeded = False
     deadline = anyio.current_time() + settings.cleanup_timeout

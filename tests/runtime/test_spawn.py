@@ -1,24 +1,21 @@
-"""Programs started on the thread pool: output, exit status, reaping."""
+"""Programs started with posix_spawn: output, exit status, reaping, fallback."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import anyio
 import pytest
 import uvloop
 
+from fleetd.runtime import process
 from fleetd.runtime.process import run_program
-from fleetd.runtime.spawn import can_spawn_on_thread
 
 SAFE_PATH = ("/usr/bin", "/bin")
 SCRIPT = 'echo "out $1"; echo "err $1" >&2; exit 3'
-
-
-async def test_asyncio_loop_spawns_on_thread() -> None:
-    assert can_spawn_on_thread()
 
 
 async def test_many_programs_at_once_all_reaped() -> None:
@@ -41,25 +38,71 @@ async def test_many_programs_at_once_all_reaped() -> None:
             os.waitpid(result.pid, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
 
 
-async def test_start_failure_is_a_result(tmp_path: Path) -> None:
-    result = await run_program(
-        ["true"], safe_path=SAFE_PATH, cwd=str(tmp_path / "missing")
-    )
+async def test_exec_failure_is_a_result(tmp_path: Path) -> None:
+    # Executable but in no format the kernel runs: exec fails with ENOEXEC.
+    program = tmp_path / "not-a-program"
+    program.write_bytes(b"\x00\x01\x02\x03")
+    program.chmod(0o755)
+
+    result = await run_program([str(program)], safe_path=SAFE_PATH)
+
     assert result.returncode is None
     assert result.error is not None
-    assert result.error.startswith("cannot start true:")
+    assert result.error.startswith(f"cannot start {program}:")
 
 
-def test_uvloop_keeps_subprocess_exec() -> None:
-    async def main() -> tuple[bool, int | None]:
-        result = await run_program(["true"], safe_path=SAFE_PATH)
-        return can_spawn_on_thread(), result.returncode
+async def test_program_state_is_reset() -> None:
+    # New session, stdin from /dev/null, SIGPIPE at its default, and a
+    # descriptor that Python opened (close-on-exec) is not inherited.
+    script = (
+        "cut -d' ' -f6 /proc/$$/stat; cat; grep SigIgn /proc/$$/status;"
+        " [ -e /proc/$$/fd/100 ] && echo inherited || echo closed"
+    )
+    opened = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(opened, 100, inheritable=False)
+    try:
+        result = await run_program(["sh", "-c", script], safe_path=SAFE_PATH)
+    finally:
+        os.close(100)
+        os.close(opened)
 
-    on_thread, returncode = uvloop.run(main())
-    assert not on_thread
-    assert returncode == 0
+    assert result.returncode == 0, result.output
+    session, ignored, descriptor = result.output
+    assert int(session) == result.pid
+    assert not int(ignored.split()[1], 16) & (1 << (signal.SIGPIPE - 1))
+    assert descriptor == "closed"
+
+
+def test_uvloop_runs_programs() -> None:
+    async def main() -> int | None:
+        result = await run_program(["sh", "-c", "echo hi; exit 4"], safe_path=SAFE_PATH)
+        assert result.output == ["hi"]
+        return result.returncode
+
+    assert uvloop.run(main()) == 4
 
 
 def test_stdlib_loop_without_anyio() -> None:
     result = asyncio.run(run_program(["sh", "-c", "exit 7"], safe_path=SAFE_PATH))
     assert result.returncode == 7
+
+
+async def test_subprocess_exec_without_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process, "PIDFD_SUPPORTED", False)
+
+    result = await run_program(["sh", "-c", SCRIPT, "sh", "x"], safe_path=SAFE_PATH)
+
+    assert result.returncode == 3
+    assert sorted(result.output) == ["err x", "out x"]
+
+
+async def test_environment_changes_reach_programs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEETD_TEST_VALUE", "changed at run time")
+
+    result = await run_program(
+        ["sh", "-c", 'echo "$FLEETD_TEST_VALUE"'], safe_path=SAFE_PATH
+    )
+
+    assert result.output == ["changed at run time"]
