@@ -176,7 +176,8 @@ class _Builder(Transformer[Token, Any]):
         _check_not_reserved(name)
         return (sys.intern(str(name)), expr)
 
-    def option_if(self, expr: Expr, text: Token | None) -> tuple[Expr, str, int]:
+    def option_if(self, expr: Expr, text: Token | None = None) -> tuple[Expr, str, int]:
+        # `TEXT?` leaves no placeholder, so a line without text passes one item.
         if text is None:
             return (expr, "", 0)
         return (expr, str(text), _column(text))

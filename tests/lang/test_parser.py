@@ -503,3 +503,14 @@ def test_syntax_error_messages() -> None:
         "t.agent:9:5: unexpected end of the line; expected a name",
         "t.agent:10:11: unexpected '@'; expected '(', '[', a name, a number, a string",
     ]
+
+
+def test_option_if_without_text() -> None:
+    # Lark parses the second line, because the recursive-descent parser leaves
+    # a form feed after the condition to Lark.
+    text = "NAME a\nMNEMONIC a\nCOMMAND ls\nOPTION_IF (x)\nOPTION_IF (y)\f\n"
+    for _ in range(2):  # parsed, then from the memo
+        assert errors(text) == [
+            "t.agent:4:1: OPTION_IF needs text after its condition",
+            "t.agent:5:1: OPTION_IF needs text after its condition",
+        ]
