@@ -42,6 +42,12 @@ from fleetd.lang.ast import (
     Or,
     Variable,
 )
+from fleetd.lang.descent import (
+    MAX_DEPTH,
+    RESERVED_WORDS,
+    SHALLOW_LINE,
+    try_parse_form,
+)
 from fleetd.lang.perlre import PatternError, compile_perl
 from fleetd.lang.templates import string_literal, variable_path
 
@@ -56,7 +62,6 @@ START_SYMBOLS = (
 # Marker characters that name the form of each line of a batch parse.
 _MARKERS = {name: chr(index) for index, name in enumerate(START_SYMBOLS, start=1)}
 
-RESERVED_WORDS = frozenset({"AND", "OR", "NOT", "IN", "MATCHES", "TRUE", "FALSE", "DO"})
 
 _TERMINAL_NAMES = {
     "NAME": "a name",
@@ -300,7 +305,9 @@ def parse_form(start: str, line: str, offset: int) -> Any:
     cached = _memo.get(key)
     if cached is not None:
         return cached
-    result = _parse_form(start, line, offset)
+    result = try_parse_form(start, line, offset)
+    if result is None:
+        result = _parse_form(start, line, offset)
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()
     _memo[key] = result
@@ -318,7 +325,14 @@ def parse_forms(requests: list[tuple[str, str, int]]) -> list[Any] | None:
     results: list[Any] = [None] * len(requests)
     missing: list[int] = []
     for index, (start, line, offset) in enumerate(requests):
-        cached = _memo.get((start, offset, line[offset:]))
+        key = (start, offset, line[offset:])
+        cached = _memo.get(key)
+        if cached is None:
+            cached = try_parse_form(start, line, offset)
+            if cached is not None:
+                if len(_memo) >= _MEMO_LIMIT:
+                    _memo.clear()
+                _memo[key] = cached
         if cached is None:
             missing.append(index)
         else:
@@ -336,7 +350,7 @@ def parse_forms(requests: list[tuple[str, str, int]]) -> list[Any] | None:
     if len(parsed) != len(missing):
         return None
     for index, result in zip(missing, parsed, strict=True):
-        if len(requests[index][1]) > _SHALLOW_LINE and _too_deep(result):
+        if len(requests[index][1]) > SHALLOW_LINE and _too_deep(result):
             return None
     if len(_memo) + len(missing) > _MEMO_LIMIT:
         _memo.clear()
@@ -360,18 +374,12 @@ def _parse_form(start: str, line: str, offset: int) -> Any:
         if isinstance(error.orig_exc, ExpressionError):
             raise error.orig_exc from None
         raise
-    if len(line) > _SHALLOW_LINE and _too_deep(result):
+    if len(line) > SHALLOW_LINE and _too_deep(result):
         raise ExpressionError(
             f"expression nested deeper than {MAX_DEPTH} levels; split it with SET",
             offset + 1,
         )
     return result
-
-
-# Evaluation and validation recurse once per level of nesting, so a limit keeps them far from Python's recursion limit. Each
-# level takes at least two characters, so a line this short is shallow.
-MAX_DEPTH = 100
-_SHALLOW_LINE = 2 * MAX_DEPTH
 
 
 def _too_deep(item: Any) -> bool:
