@@ -6,9 +6,7 @@ from fleetd.lang import FunctionSpec
 from tests.runtime.conftest import Fleet
 
 
-async def test_function_error_names_each_agent_line(
-    fleet: Fleet, events: list
-) -> None:
+async def test_function_error_names_each_agent_line(fleet: Fleet, events: list) -> None:
     def boom() -> str:
         raise RuntimeError("disk on fire")
 
@@ -39,9 +37,7 @@ async def test_function_error_names_each_agent_line(
         event["agent"]: event for event in events if event["event"] == "command_failed"
     }
     assert failures["First"]["command"] == f"{first}:4: REQUIRE TRUE AND boom() = 1"
-    assert failures["First"]["error"] == (
-        f"{first}:4:18: boom() failed: disk on fire"
-    )
+    assert failures["First"]["error"] == f"{first}:4:18: boom() failed: disk on fire"
     assert failures["Second"]["command"] == f"{second}:6: REQUIRE TRUE AND boom() = 1"
     assert failures["Second"]["error"] == (
         f"{second}:6:18: boom() failed: disk on fire"
