@@ -172,7 +172,7 @@ class LineReader:
         return template
 
     def source(self) -> str:
-        """Return the current line as written, stripped; equal lines share one string."""
+        """Return the current line, stripped; equal lines share one string."""
         return sys.intern(self.line.strip())
 
     def add(self, command: Command) -> None:
