@@ -41,6 +41,7 @@ from fleetd.daemon.journal import (
     JournalLogger,
     journal_stream_matches,
 )
+from fleetd.logs import set_threshold
 
 __all__ = [
     "LEVELS",
@@ -317,6 +318,7 @@ def configure_logging(
     out = stream if stream is not None else sys.stderr
     chosen = resolve_target(target, out)
     _min_level = LEVELS[canonical_level(level)]
+    set_threshold(_min_level)
 
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,

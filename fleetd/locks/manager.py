@@ -27,7 +27,6 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import structlog
 
 from fleetd.locks.base import (
     Grant,
@@ -41,8 +40,9 @@ from fleetd.locks.base import (
     StateStore,
 )
 from fleetd.locks.owner import owner_alive
+from fleetd.logs import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 Hook = Callable[[], Awaitable[None] | None]
 Apply = Callable[[dict[str, Any]], Awaitable[None]]

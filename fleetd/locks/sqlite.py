@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from fleetd.locks.backoff import retry_delay
 from fleetd.locks.base import (
     Done,
@@ -44,8 +42,9 @@ from fleetd.locks.common import (
     mark_from_row,
 )
 from fleetd.locks.sqlite_writer import BatchWriter, StoreClosed, connect, is_transient
+from fleetd.logs import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 T = TypeVar("T")
 

@@ -29,11 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from fleetd.locks.backoff import retry_delay
+from fleetd.logs import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 #: SQLite primary result codes that a retry can cure.
 TRANSIENT_CODES = frozenset(

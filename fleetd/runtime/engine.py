@@ -36,7 +36,6 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-import structlog
 
 from fleetd.config.model import Config
 from fleetd.lang import Registry, load_plugins
@@ -48,6 +47,7 @@ from fleetd.locks import (
     current_owner,
     open_store,
 )
+from fleetd.logs import get_logger
 from fleetd.runtime.agents import LoadedAgent
 from fleetd.runtime.loop import pidfd_child_watcher
 from fleetd.runtime.report import Outcome, RunReport
@@ -56,7 +56,7 @@ from fleetd.runtime.slots import RunSlots
 from fleetd.workflows import Workflow, open_workflow
 from fleetd.workflows.base import Record
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 #: Seconds that runs cancelled by a shutdown may still wait on the state
 #: store, after `cleanup_timeout`, before they are given up.

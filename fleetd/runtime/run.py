@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from fleetd.config.secrets import is_secret
@@ -48,6 +47,7 @@ from fleetd.locks import (
     Resolution,
 )
 from fleetd.locks.manager import Apply
+from fleetd.logs import get_logger
 from fleetd.runtime.interpreter import RunState
 from fleetd.runtime.phases import (
     NO_CLEANUP_COMMAND,
@@ -60,7 +60,7 @@ from fleetd.runtime.process import KILL_GRACE
 from fleetd.runtime.report import Outcome, PhaseResult, RunReport
 from fleetd.workflows.base import Record, Workflow
 
-logger = structlog.get_logger()
+logger = get_logger()
 
 #: Reason of a run whose lock could not be taken or resolved before a
 #: shutdown gave up waiting for the state store.

@@ -41,9 +41,9 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import structlog
+from fleetd.logs import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 READ_CHUNK = 65536
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sqlite3
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import anyio
 import structlog
 
 from fleetd.config.model import Config, DaemonSettings, WorkflowSettings
+from fleetd.daemon.logging import configure_logging
 from fleetd.lang import Registry, parse_agent
 from fleetd.runtime import Engine, Outcome, initialize
 from fleetd.runtime.loop import pidfd_child_watcher
@@ -393,10 +393,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     options = parser.parse_args()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    # As the daemon logs at its default target, from warning up.
+    configure_logging(level="warning", target="json", stream=sys.stderr)
     only = {options.only} if options.only else {"engine", "exec"}
     data = measure(options.repeat, options.records, options.spawns, only)
     if options.json:
