@@ -5,18 +5,25 @@ measures, over several runs, a cold parse and validation of every file
 with a fresh `AgentCache`, and a reload through the warm cache after one
 file changed, where only that file is parsed again.
 
-Usage: python scripts/bench/parse.py [--agents N] [--runs N] [--profile]
+Baseline: each cold parse is followed by one with every expression form
+parsed by Lark, without the recursive-descent parser (fleetd.lang.descent),
+and the pair gives a ratio.
+
+Usage: python scripts/bench/parse.py [--agents N] [--runs N] [--distinct]
+       [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from fleetd.lang import AgentCache, Registry, expressions, reader
@@ -103,10 +110,10 @@ def write_agents(folder: Path, count: int, *, distinct: bool = False) -> list[Pa
     return paths
 
 
-CPU_SECONDS: list[float] = []
-
-
-def cold_parse(paths: list[Path], registry: Registry) -> tuple[float, AgentCache]:
+def cold_parse(
+    paths: list[Path], registry: Registry
+) -> tuple[float, float, AgentCache]:
+    """Load every file with a new cache; return wall and CPU seconds, and the cache."""
     # No parsed form or command line is kept from an earlier run.
     expressions._memo.clear()
     reader.WORDS_MEMO.clear()
@@ -115,8 +122,19 @@ def cold_parse(paths: list[Path], registry: Registry) -> tuple[float, AgentCache
     start = time.perf_counter()
     cpu_start = time.process_time()
     cache.load_many(paths)
-    CPU_SECONDS.append(time.process_time() - cpu_start)
-    return time.perf_counter() - start, cache
+    cpu = time.process_time() - cpu_start
+    return time.perf_counter() - start, cpu, cache
+
+
+@contextlib.contextmanager
+def lark_only() -> Iterator[None]:
+    """Send every expression form to Lark, as before the recursive-descent parser."""
+    original = expressions.try_parse_form
+    expressions.try_parse_form = lambda start, line, offset: None
+    try:
+        yield
+    finally:
+        expressions.try_parse_form = original
 
 
 def reload_one_changed(
@@ -130,6 +148,15 @@ def reload_one_changed(
     elapsed = time.perf_counter() - start
     assert cache.misses == misses + 1, "unchanged files must not be parsed again"
     return elapsed
+
+
+def paired_ratios(measured: list[float], baseline: list[float]) -> str:
+    """Describe the ratios of runs that ran next to each other."""
+    pairs = [value / base for value, base in zip(measured, baseline, strict=True)]
+    return (
+        f"{statistics.median(pairs):.2f} paired"
+        f" (min {min(pairs):.2f}, max {max(pairs):.2f})"
+    )
 
 
 def describe(samples: list[float]) -> str:
@@ -171,12 +198,19 @@ def main() -> int:
             return 0
         cold_parse(paths[:10], registry)  # import and compile the grammar first
         cold: list[float] = []
+        cold_cpu: list[float] = []
+        lark: list[float] = []
+        lark_cpu: list[float] = []
         reload: list[float] = []
         cache = None
-        CPU_SECONDS.clear()
         for run in range(options.runs):
-            elapsed, cache = cold_parse(paths, registry)
+            elapsed, cpu, cache = cold_parse(paths, registry)
             cold.append(elapsed)
+            cold_cpu.append(cpu)
+            with lark_only():
+                elapsed, cpu, _ = cold_parse(paths, registry)
+            lark.append(elapsed)
+            lark_cpu.append(cpu)
         assert cache is not None
         for run in range(options.runs):
             reload.append(reload_one_changed(paths, cache, run))
@@ -191,8 +225,15 @@ def main() -> int:
     print(
         f"cold parse + validate: {describe(cold)} ({statistics.median(cold) / lines * 1e6:.1f} us per line)"
     )
-    print(f"  CPU time of the cold parse: {describe(CPU_SECONDS)}")
+    print(f"  CPU time of the cold parse: {describe(cold_cpu)}")
+    print(f"baseline, cold with Lark only: {describe(lark)}")
+    print(f"  CPU time of the baseline: {describe(lark_cpu)}")
     print(f"reload, one file changed: {describe(reload)}")
+    print(
+        f"cold / Lark only: wall {paired_ratios(cold, lark)},"
+        f" CPU {paired_ratios(cold_cpu, lark_cpu)}"
+    )
+    print(f"load average {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     return 0
 
 
