@@ -248,20 +248,21 @@ class PostgresStore:
         ) -> list[Grant | LockRefused]:
             rows = await _fetch_batch(
                 connection,
-                len(claims),
-                "SELECT * FROM fleetd_acquire_many($1, $2, $3, $4, $5, $6, $7,"
-                " $8, $9, $10, $11)",
-                [c.key.workflow for c in claims],
-                [c.key.record for c in claims],
-                [c.key.mnemonic for c in claims],
-                [c.agent for c in claims],
-                [c.owner.host for c in claims],
-                [c.owner.pid for c in claims],
-                [c.owner.started for c in claims],
-                [c.owner.instance for c in claims],
-                [c.lease for c in claims],
-                [c.run_id for c in claims],
-                [c.check_mark for c in claims],
+                "fleetd_acquire",
+                "*",
+                [
+                    [c.key.workflow for c in claims],
+                    [c.key.record for c in claims],
+                    [c.key.mnemonic for c in claims],
+                    [c.agent for c in claims],
+                    [c.owner.host for c in claims],
+                    [c.owner.pid for c in claims],
+                    [c.owner.started for c in claims],
+                    [c.owner.instance for c in claims],
+                    [c.lease for c in claims],
+                    [c.run_id for c in claims],
+                    [c.check_mark for c in claims],
+                ],
             )
             results: list[Grant | LockRefused] = [None] * len(claims)  # type: ignore[list-item]
             for row in rows:
@@ -386,18 +387,19 @@ class PostgresStore:
         ) -> list[None | LeaseLost]:
             rows = await _fetch_batch(
                 connection,
-                len(items),
-                "SELECT r_index, r_status FROM fleetd_resolve_many($1, $2, $3,"
-                " $4, $5, $6, $7, $8, $9)",
-                [i.grant.key.workflow for i in items],
-                [i.grant.key.record for i in items],
-                [i.grant.key.mnemonic for i in items],
-                [i.grant.token for i in items],
-                [i.resolution.value for i in items],
-                [i.agent for i in items],
-                [i.run_id for i in items],
-                [i.reason for i in items],
-                [i.mark for i in items],
+                "fleetd_resolve",
+                "r_status",
+                [
+                    [i.grant.key.workflow for i in items],
+                    [i.grant.key.record for i in items],
+                    [i.grant.key.mnemonic for i in items],
+                    [i.grant.token for i in items],
+                    [i.resolution.value for i in items],
+                    [i.agent for i in items],
+                    [i.run_id for i in items],
+                    [i.reason for i in items],
+                    [i.mark for i in items],
+                ],
             )
             results: list[None | LeaseLost] = [None] * len(items)
             for index, status in rows:
@@ -581,19 +583,36 @@ class _BatchRejected(Exception):
 
 
 async def _fetch_batch(
-    connection: asyncpg.Connection, items: int, query: str, *args: Any
+    connection: asyncpg.Connection,
+    function: str,
+    columns: str,
+    arguments: list[list[Any]],
 ) -> list[Any]:
-    """Run the statement of a batch of `items` items and return its rows.
+    """Call `function` for a batch; return rows of `r_index` and `columns`.
+
+    `arguments` contains one list per parameter, with one value per item.
+    A batch of one item calls the single-record function, which costs the
+    server less; more items call `{function}_many` with arrays.
 
     A batch statement runs in one transaction, so an error that one item
     causes (a record id with a NUL byte, say) rolls back all of them. Such
     an error is raised as `_BatchRejected`, and the caller then runs the
     items one by one.
     """
+    placeholders = ", ".join(f"${n}" for n in range(1, len(arguments) + 1))
+    if len(arguments[0]) == 1:
+        values = [argument[0] for argument in arguments]
+        if columns == "*":  # a function that returns a table
+            query = f"SELECT 1 AS r_index, * FROM {function}({placeholders})"
+        else:
+            query = f"SELECT 1 AS r_index, {function}({placeholders}) AS {columns}"
+        return await connection.fetch(query, *values)
+    listed = "*" if columns == "*" else f"r_index, {columns}"
+    query = f"SELECT {listed} FROM {function}_many({placeholders})"
     try:
-        return await connection.fetch(query, *args)
+        return await connection.fetch(query, *arguments)
     except asyncpg.PostgresError as error:
-        if items == 1 or is_transient(error):
+        if is_transient(error):
             raise
         raise _BatchRejected() from error
 
