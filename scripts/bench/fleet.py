@@ -5,7 +5,10 @@ Measures fleetd's claim (LockManager.begin) and commit of each record with
 asyncpg loop that claims a row of a queue table with
 `SELECT ... FOR UPDATE SKIP LOCKED`, marks it done and commits, one
 transaction per record. Both run the same records, processes and
-concurrent tasks per process, on a fresh schema.
+concurrent tasks per process, on a fresh schema. fleetd's PostgreSQL
+store sends the claims that a process's tasks make at the same time as
+one batch in one transaction, and likewise their commits. The floor does
+not batch, so `--tasks 1` shows fleetd without batches.
 
 Each fleetd process walks all records, starting at its own offset
 (process i of n at record i * records / n), so processes meet only at the
