@@ -88,7 +88,8 @@ class Transaction:
         # released must not call the lease lost.
         self._resolving = False
         self._manager = manager
-        self._hooks: dict[Resolution, list[Hook]] = {r: [] for r in Resolution}
+        # Made on the first hook; most transactions get none.
+        self._hooks: dict[Resolution, list[Hook]] | None = None
         self._bound_log: Any = None
 
     @property
@@ -114,15 +115,20 @@ class Transaction:
 
     def on_commit(self, hook: Hook) -> None:
         """Run `hook` after a commit is durable."""
-        self._hooks[Resolution.COMMIT].append(hook)
+        self._add_hook(Resolution.COMMIT, hook)
 
     def on_rollback(self, hook: Hook) -> None:
         """Run `hook` after a rollback is durable."""
-        self._hooks[Resolution.ROLLBACK].append(hook)
+        self._add_hook(Resolution.ROLLBACK, hook)
 
     def on_error(self, hook: Hook) -> None:
         """Run `hook` after a commit with error is durable."""
-        self._hooks[Resolution.ERROR].append(hook)
+        self._add_hook(Resolution.ERROR, hook)
+
+    def _add_hook(self, resolution: Resolution, hook: Hook) -> None:
+        if self._hooks is None:
+            self._hooks = {r: [] for r in Resolution}
+        self._hooks[resolution].append(hook)
 
     async def commit(
         self,
@@ -207,7 +213,8 @@ class Transaction:
             resolution=resolution.value,
             reason=reason,
         )
-        await self._run_hooks(resolution)
+        if self._hooks is not None:
+            await self._run_hooks(self._hooks[resolution], resolution)
 
     async def _apply(
         self, resolution: Resolution, apply: Apply, reason: str | None
@@ -236,8 +243,8 @@ class Transaction:
             error=str(error),
         )
 
-    async def _run_hooks(self, resolution: Resolution) -> None:
-        for hook in self._hooks[resolution]:
+    async def _run_hooks(self, hooks: list[Hook], resolution: Resolution) -> None:
+        for hook in hooks:
             try:
                 result = hook()
                 if inspect.isawaitable(result):

@@ -145,6 +145,37 @@ def resolve_program(
     raise SpawnError(f"program not found in safe_path {searched}: {name}")
 
 
+# Program name, safe_path and conf dir -> (path found, monotonic time until
+# which it is used without looking again).
+_found: dict[tuple[str, tuple[str, ...], Path | None], tuple[str, float]] = {}
+#: Seconds a program found in safe_path is started without a new lookup.
+FOUND_TTL = 1.0
+_FOUND_MAX = 1024
+
+
+def find_program(
+    name: str, safe_path: Sequence[str], conf_dir: Path | None = None
+) -> tuple[str, bool]:
+    """Return `resolve_program`'s path, and whether it came from the cache.
+
+    A lookup is reused for `FOUND_TTL` seconds, because two file checks
+    per program were a visible part of starting /bin/true. A program
+    installed meanwhile earlier in safe_path is picked up within that time;
+    one removed makes the start fail, and the caller then looks again.
+    """
+    key = (name, tuple(safe_path), conf_dir)
+    now = time.monotonic()
+    hit = _found.get(key)
+    if hit is not None and hit[1] > now:
+        return hit[0], True
+    path = resolve_program(name, safe_path, conf_dir)
+    if len(_found) >= _FOUND_MAX:
+        _found.clear()
+    _found[key] = (path, now + FOUND_TTL)
+
+    return path, False
+
+
 @functools.lru_cache(maxsize=1024)
 def _candidate(entry: str, conf_dir: Path | None, name: str) -> str:
     """Return the path of `name` in the `safe_path` entry `entry`.
@@ -387,7 +418,7 @@ async def run_program(
     started = time.monotonic()
     try:
         check_arguments(words)
-        executable = resolve_program(words[0], safe_path, conf_dir)
+        executable, cached = find_program(words[0], safe_path, conf_dir)
     except SpawnError as error:
         result.error = str(error)
         return result
@@ -404,7 +435,15 @@ async def run_program(
         if PIDFD_SUPPORTED:
             # Synchronous, so no cancellation can come between the start
             # and the handle that reaps the program and kills its group.
-            transport = start_program(protocol, (executable, *words[1:]), env=env)
+            try:
+                transport = start_program(protocol, (executable, *words[1:]), env=env)
+            except (FileNotFoundError, PermissionError):
+                if not cached:
+                    raise
+                # Gone or changed since it was found: look it up again.
+                _found.pop((words[0], tuple(safe_path), conf_dir), None)
+                executable = resolve_program(words[0], safe_path, conf_dir)
+                transport = start_program(protocol, (executable, *words[1:]), env=env)
         else:
             # Shielded: cancelled half-way, the program would run on without
             # anyone to reap it or to kill its group.
@@ -420,6 +459,9 @@ async def run_program(
                     start_new_session=True,
                     env=env,
                 )
+    except SpawnError as error:
+        result.error = str(error)
+        return result
     except OSError as error:
         result.error = f"cannot start {words[0]}: {error.strerror or error}"
         return result

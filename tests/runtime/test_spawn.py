@@ -106,3 +106,34 @@ async def test_environment_changes_reach_programs(
     )
 
     assert result.output == ["changed at run time"]
+
+
+async def test_program_removed_after_lookup(tmp_path: Path) -> None:
+    program = tmp_path / "tool"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    first = await run_program(["tool"], safe_path=(str(tmp_path),))
+
+    program.unlink()
+    second = await run_program(["tool"], safe_path=(str(tmp_path),))
+
+    assert first.returncode == 0
+    assert second.returncode is None
+    assert second.error == f"program not found in safe_path {tmp_path}: tool"
+
+
+async def test_program_moved_within_safe_path(tmp_path: Path) -> None:
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    (first_dir / "tool").write_text("#!/bin/sh\necho a\n")
+    (first_dir / "tool").chmod(0o755)
+    safe_path = (str(first_dir), str(second_dir))
+    first = await run_program(["tool"], safe_path=safe_path)
+
+    (first_dir / "tool").rename(second_dir / "tool")
+    second = await run_program(["tool"], safe_path=safe_path)
+
+    assert first.output == ["a"]
+    assert second.returncode == 0
+    assert second.output == ["a"]
