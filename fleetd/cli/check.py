@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from fleetd.cli.common import CommandFailed, error, load, load_agents, load_registry
+from fleetd.cli.common import (
+    CommandFailed,
+    error,
+    load,
+    load_and_show_agents,
+    load_registry,
+    show,
+)
 from fleetd.cli.exits import EXIT_OK, EXIT_USAGE
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        config = load(args, base_level="warning")
+        # Notice is the level of the note on an agent left unscheduled.
+        config = load(args, base_level="notice")
         registry = load_registry(config)
     except CommandFailed as stop:
         return stop.status
-    agent_set, errors = load_agents(config, registry)
-    for line in errors:
-        error(line)
+    agent_set, errors = load_and_show_agents(config, registry)
 
     # Agents sharing a mnemonic exclude each other record by record; that is
     # allowed but often a copy-paste slip, so it is worth a warning.
@@ -25,14 +31,14 @@ def main(args: argparse.Namespace) -> int:
         by_mnemonic.setdefault(loaded.agent.mnemonic, []).append(loaded.agent.name)
     for mnemonic, names in sorted(by_mnemonic.items()):
         if len(names) > 1:
-            error(
+            show(
                 f"warning: agents {', '.join(sorted(names))} share mnemonic "
-                f"{mnemonic}: they exclude each other record by record"
+                f"{mnemonic}: they exclude each other record by record",
+                "mnemonic_shared",
+                "warning",
+                mnemonic=mnemonic,
+                agents=sorted(names),
             )
-    for loaded in agent_set.agents.values():
-        # An agent kept unscheduled by a load error was reported above.
-        if not loaded.scheduled and loaded.reason not in errors:
-            error(f"note: agent {loaded.agent.name} is not scheduled: {loaded.reason}")
 
     if errors:
         return EXIT_USAGE

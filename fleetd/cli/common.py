@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,9 +14,21 @@ from typing import TYPE_CHECKING, Any
 from fleetd.cli.exits import EXIT_FAILURE, EXIT_USAGE
 
 if TYPE_CHECKING:
+    from structlog.typing import EventDict, WrappedLogger
+
     from fleetd.config import Config
     from fleetd.lang import Registry
     from fleetd.runtime import AgentSet
+
+# Events of the agent loader that `load_and_show_agents` replaces with its
+# own output, so that each load error and unscheduled agent is shown once.
+LOADER_EVENTS = frozenset({"agent_invalid", "agent_unscheduled", "condition_false"})
+_dropped_events: ContextVar[frozenset[str]] = ContextVar(
+    "dropped_events", default=frozenset()
+)
+# Whether logs are readable console lines (on a terminal, or with
+# `--log-target console`); set by setup_logging.
+_console = False
 
 
 class CommandFailed(Exception):
@@ -31,9 +46,56 @@ def error(message: str) -> None:
 
 def setup_logging(args: argparse.Namespace, level: str) -> None:
     """Configure logging at `level` shifted by `-v` and `-q`."""
+    import structlog
+
     from fleetd.daemon.logging import configure_logging, shift_level
 
-    configure_logging(level=shift_level(level, args.verbosity), target=args.log_target)
+    global _console
+    output = configure_logging(
+        level=shift_level(level, args.verbosity), target=args.log_target
+    )
+    _console = output == "console"
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[_drop_events, *processors])
+
+
+def _drop_events(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    import structlog
+
+    if event_dict.get("event") in _dropped_events.get():
+        raise structlog.DropEvent
+    return event_dict
+
+
+@contextmanager
+def dropping_events(names: frozenset[str]) -> Iterator[None]:
+    """Drop the log events called `names` inside the block, in this context."""
+    token = _dropped_events.set(names)
+    try:
+        yield
+    finally:
+        _dropped_events.reset(token)
+
+
+def show(message: str, event: str, level: str = "error", **fields: Any) -> None:
+    """Show one problem found by a command, once, if `level` is logged.
+
+    On console output, `message` is printed as one plain line, so a
+    `file:line:col: text` message reads as a compiler's would. JSON and
+    journal logs get `event` with `fields` instead, and no plain line
+    breaks their one-event-per-line form.
+    """
+    from fleetd.daemon.logging import LEVELS
+    from fleetd.logs import enabled, get_logger
+
+    if not enabled(LEVELS[level]):
+        return
+    if _console:
+        error(message)
+        return
+    getattr(get_logger(), level)(event, **fields)
 
 
 def load(args: argparse.Namespace, *, base_level: str | None = None) -> Config:
@@ -49,12 +111,13 @@ def load(args: argparse.Namespace, *, base_level: str | None = None) -> Config:
         config = load_config(Path(args.conf_dir))
     except ConfigError as failure:
         for line in failure.errors:
-            error(line)
+            show(line, "config_invalid", error=line)
         raise CommandFailed(EXIT_USAGE) from None
     if base_level is None:
         setup_logging(args, config.daemon.log_level)
     for path, reason in config.ignored:
-        error(f"{path}: ignored: {reason}")
+        message = f"{path}: ignored: {reason}"
+        show(message, "file_ignored", "warning", file=str(path), reason=reason)
 
     return config
 
@@ -76,6 +139,45 @@ def load_agents(config: Config, registry: Registry) -> tuple[AgentSet, list[str]
 
     agent_set = AgentLoader(registry).load(config)
     errors = list(config.errors) + list(agent_set.errors)
+
+    return agent_set, errors
+
+
+def load_and_show_agents(
+    config: Config, registry: Registry, *, named: tuple[str, ...] = ()
+) -> tuple[AgentSet, list[str]]:
+    """Load the agents like `load_agents`, and show each problem once.
+
+    The loader's own events for these problems are dropped, because the
+    command shows them itself: every load error at `error`, and every
+    agent left unscheduled by its prerequisites at `notice`, or at
+    `warning` when its name is in `named`.
+    """
+    with dropping_events(LOADER_EVENTS):
+        agent_set, errors = load_agents(config, registry)
+    agent_files = [str(path) for path in config.agent_files]
+    for line in errors:
+        fields = {"error": line}
+        for name in agent_files:
+            if line.startswith(f"{name}:"):
+                fields["file"] = name
+        show(line, "agent_invalid", **fields)
+    for loaded in agent_set.agents.values():
+        # An agent kept unscheduled by a load error was shown above.
+        if loaded.scheduled or loaded.reason in errors:
+            continue
+        agent = loaded.agent
+        level = "warning" if agent.name in named else "notice"
+        prefix = "warning" if level == "warning" else "note"
+        show(
+            f"{prefix}: agent {agent.name} is not scheduled: {loaded.reason}",
+            "agent_unscheduled",
+            level,
+            agent=agent.name,
+            mnemonic=agent.mnemonic,
+            file=agent.path,
+            reason=loaded.reason,
+        )
 
     return agent_set, errors
 

@@ -29,7 +29,7 @@ from fleetd.cli.common import (
     error,
     format_table,
     load,
-    load_agents,
+    load_and_show_agents,
     load_registry,
     run_async,
 )
@@ -73,16 +73,10 @@ def main(args: argparse.Namespace) -> int:
         agent_files = files if not args.agents else config.agent_files + extra
         config = dataclasses.replace(config, agent_files=agent_files)
 
-    agent_set, errors = load_agents(config, registry)
-    for line in errors:
-        error(line)
+    agent_set, errors = load_and_show_agents(config, registry, named=tuple(args.agents))
     selected, unknown = select_agents(agent_set, args.agents, args.files)
     for name in unknown:
         error(f"fleetd: no agent named {name!r} in {config.conf_dir}")
-    for name in args.agents:
-        loaded = agent_set.agents.get(name)
-        if loaded is not None and not loaded.scheduled:
-            error(f"fleetd: agent {name} is not scheduled: {loaded.reason}")
 
     output = ReportOutput(as_json=args.json, terminal=terminal)
     run_async(config, run_cycles, config, registry, selected, output, args.pretend)

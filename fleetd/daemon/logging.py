@@ -126,7 +126,12 @@ class FleetdLogger(structlog.BoundLoggerBase):
             return None
         if args and isinstance(event, str):
             event = event % args
-        args_out, kw_out = self._process_event(level, event, kw)
+        try:
+            args_out, kw_out = self._process_event(level, event, kw)
+        except structlog.DropEvent:
+            # A filtering processor dropped the event, as structlog's own
+            # bound loggers allow.
+            return None
 
         return self._logger.msg(*args_out, **kw_out)
 

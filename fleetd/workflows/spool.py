@@ -7,15 +7,22 @@ the same folder, fsync, rename over the original, fsync of the folder. A
 reader thus sees the old or the new content, never a mix, and a crash
 leaves one of them.
 
-A symlink in the spool is followed only when its target is a file inside
-the spool; one pointing elsewhere is an `invalid` record, so a spool that
-others can write cannot make fleetd read or rewrite files outside it.
+A record must be a regular file. A symlink is an `invalid` record, and its
+reason names where it points, whether to another record of the same spool,
+elsewhere inside the spool, outside it, or nowhere. Files are opened with
+`O_NOFOLLOW`, and a commit renames over the directory entry itself. A
+symlink that appears between the listing and the commit therefore fails
+the commit or is replaced, but nothing is written through it. A spool that
+others can write thus cannot make fleetd read or rewrite another record or
+a file outside the spool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,8 @@ from fleetd.workflows.errors import WorkflowError
 from fleetd.workflows.strict_json import dump_json, load_json
 
 SUFFIX = ".json"
+# O_NONBLOCK keeps the open of a FIFO named like a record from blocking.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class SpoolWorkflow:
@@ -73,14 +82,17 @@ class SpoolWorkflow:
 
     def _read_one(self, root: Path, record_id: str) -> Record:
         path = self.path / (record_id + SUFFIX)
-        target, problem = _inside(root, path)
-        if problem is not None:
-            return Record(id=record_id, invalid=problem)
-        if not target.is_file():
-            return Record(id=record_id, invalid="not a regular file")
+        if path.is_symlink():
+            return Record(id=record_id, invalid=_symlink_problem(root, path))
         try:
-            data = load_json(target.read_bytes())
+            _, content = _read_regular_file(path)
+            data = load_json(content)
+        except _NotRegularFile:
+            return Record(id=record_id, invalid="not a regular file")
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                # Replaced by a symlink after the is_symlink() check.
+                return Record(id=record_id, invalid=_symlink_problem(root, path))
             return Record(id=record_id, invalid=f"cannot read: {error.strerror}")
         except UnicodeDecodeError:
             return Record(id=record_id, invalid="invalid JSON: not UTF-8 text")
@@ -100,39 +112,71 @@ class SpoolWorkflow:
     def _write(self, record: Record, changes: dict[str, Any]) -> None:
         if record.id is None:
             raise WorkflowError(f"spool {self.name}: a record without id")
-        root = self.path.resolve()
-        target, problem = _inside(root, self.path / (record.id + SUFFIX))
-        if problem is not None:
-            raise WorkflowError(f"spool {self.name}: record {record.id}: {problem}")
+        where = f"spool {self.name}: record {record.id}"
+        path = self.path / (record.id + SUFFIX)
         try:
-            current = load_json(target.read_bytes())
-        except (OSError, ValueError, RecursionError) as error:
+            mode, content = _read_regular_file(path)
+            current = load_json(content)
+        except _NotRegularFile as error:
+            raise WorkflowError(f"{where}: no longer a regular file") from error
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise WorkflowError(
+                    f"{where}: not committed, because the file is now a symlink "
+                    "and a commit never writes through a symlink"
+                ) from error
             raise WorkflowError(
-                f"spool {self.name}: record {record.id}: cannot read it back "
-                f"before the commit: {error}"
+                f"{where}: cannot read it back before the commit: {error}"
+            ) from error
+        except (ValueError, RecursionError) as error:
+            raise WorkflowError(
+                f"{where}: cannot read it back before the commit: {error}"
             ) from error
         if not isinstance(current, dict):
-            raise WorkflowError(
-                f"spool {self.name}: record {record.id}: no longer a JSON object"
-            )
+            raise WorkflowError(f"{where}: no longer a JSON object")
         current.update(changes)
         try:
             text = dump_json(current, indent=2)
         except ValueError as error:
             raise WorkflowError(
-                f"spool {self.name}: record {record.id}: cannot write the "
-                f"changes as JSON: {error}"
+                f"{where}: cannot write the changes as JSON: {error}"
             ) from error
-        write_atomically(target, (text + "\n").encode())
+        write_atomically(path, (text + "\n").encode(), mode=mode)
 
 
-def write_atomically(target: Path, data: bytes) -> None:
+class _NotRegularFile(Exception):
+    """The path names a directory, FIFO, socket or device, not a file."""
+
+
+def _read_regular_file(path: Path) -> tuple[int, bytes]:
+    """Return the permission bits and content of the regular file `path`.
+
+    Raises OSError with errno ELOOP when `path` is a symlink, and
+    _NotRegularFile when it is neither a symlink nor a regular file.
+    """
+    descriptor = os.open(path, _OPEN_FLAGS)
+    try:
+        info = os.fstat(descriptor)
+    except OSError:
+        os.close(descriptor)
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise _NotRegularFile(path)
+    with os.fdopen(descriptor, "rb") as stream:
+        return info.st_mode & 0o7777, stream.read()
+
+
+def write_atomically(target: Path, data: bytes, *, mode: int | None = None) -> None:
     """Replace `target` with `data`: temp file, fsync, rename, fsync folder.
 
-    The new file keeps the permission bits of the one it replaces.
+    The rename replaces the directory entry `target`, so a symlink there
+    is replaced, never followed. The new file gets `mode`, by default the
+    permission bits of the regular file it replaces, else 0o644.
     """
     folder = target.parent
-    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
+    if mode is None:
+        mode = _regular_file_mode(target)
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp", dir=folder
     )
@@ -154,17 +198,34 @@ def write_atomically(target: Path, data: bytes) -> None:
         os.close(folder_descriptor)
 
 
-def _inside(root: Path, path: Path) -> tuple[Path, str | None]:
-    """Resolve `path`; report a symlink whose target is outside `root`."""
-    if not path.is_symlink():
-        return path, None
-    target = path.resolve()
-    if not target.is_relative_to(root):
-        return target, "symlink pointing outside the spool"
-    if not target.exists():
-        return target, "dangling symlink"
+def _regular_file_mode(path: Path) -> int:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return 0o644
+    if not stat.S_ISREG(info.st_mode):
+        return 0o644
 
-    return target, None
+    return info.st_mode & 0o7777
+
+
+def _symlink_problem(root: Path, path: Path) -> str:
+    """Return why the symlink `path` in the spool `root` is not a record."""
+    try:
+        target = path.resolve()
+    except RuntimeError:
+        # Python before 3.13 raises RuntimeError on a symlink loop.
+        return "symlink loop"
+    if not target.is_relative_to(root):
+        return "symlink pointing outside the spool"
+    if not target.exists():
+        return "dangling symlink"
+    name = target.name
+    if target.parent == root and name.endswith(SUFFIX) and not name.startswith("."):
+        other = name[: -len(SUFFIX)]
+        return f"symlink to record {other!r} of the same spool, not a record itself"
+
+    return f"symlink to {target.relative_to(root)} in the spool, not a regular file"
 
 
 def _is_utf8(text: str) -> bool:

@@ -310,7 +310,7 @@ def test_named_unscheduled_agent_says_why(site: Site, reports) -> None:
     site.write(
         "w.agent", 'NAME Win\nMNEMONIC win\nPREREQUISITE OS() = "MSWin32"\nECHO x\n'
     )
-    result = site.run("once", "--json", "-a", "Win")
+    result = site.run("once", "--json", "-a", "Win", "--log-target", "console")
     assert result.returncode == 0
     assert reports(result.stdout) == []
     assert "agent Win is not scheduled: " in result.stderr

@@ -134,7 +134,7 @@ def test_retry_unknown_agent_exits_2(site: Site) -> None:
 def test_check_reports_unknown_workflow_once(site: Site) -> None:
     path = site.write("lost.agent", "NAME Lost\nMNEMONIC lost\nWORKFLOW nosuch\n")
     site.write("late.agent", "NAME Late\nMNEMONIC late\nPREREQUISITE FALSE\n")
-    result = site.run("check")
+    result = site.run("check", "--log-target", "console")
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     # The position is that of the WORKFLOW line.
@@ -164,10 +164,16 @@ def test_check_reports_errors_with_position(site: Site) -> None:
 def test_check_passes_and_warns_shared_mnemonic(site: Site) -> None:
     site.write("a.agent", "NAME A\nMNEMONIC same\nECHO a\n")
     site.write("b.agent", "NAME B\nMNEMONIC same\nECHO b\n")
-    result = site.run("check")
+    result = site.run("check", "--log-target", "console")
     assert result.returncode == 0
     assert "agents A, B share mnemonic same" in result.stderr
     assert "2 agents, 1 workflow, no errors" in result.stderr
+    logs = site.run("check")
+    assert logs.returncode == 0
+    event = json.loads(logs.stderr.splitlines()[0])
+    assert event["event"] == "mnemonic_shared"
+    assert event["agents"] == ["A", "B"]
+    assert "2 agents, 1 workflow, no errors" in logs.stderr
 
 
 def test_check_config_error_exits_2(site: Site) -> None:

@@ -38,6 +38,24 @@ def test_notice_level_between_info_and_warning() -> None:
     assert events[0]["level"] == "notice"
 
 
+def test_processor_may_drop_event() -> None:
+    stream = io.StringIO()
+    configure_logging(level="info", target="json", stream=stream)
+
+    def drop_named_events(logger, method_name, event_dict):
+        if event_dict["event"] == "dropped":
+            raise structlog.DropEvent
+        return event_dict
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[drop_named_events, *processors])
+    log = structlog.get_logger()
+    assert log.warning("dropped") is None
+    log.notice("kept")
+    events = json_lines(stream)
+    assert [e["event"] for e in events] == ["kept"]
+
+
 @pytest.mark.parametrize(
     ("spelling", "level"),
     [

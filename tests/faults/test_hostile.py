@@ -160,7 +160,7 @@ def test_deeply_nested_json(hostile_site: Site, depth: int, reason: str | None) 
         assert status == 1
 
 
-def test_symlink_outside_spool_invalid(hostile_site: Site, tmp_path: Path) -> None:
+def test_symlinks_in_spool_invalid(hostile_site: Site, tmp_path: Path) -> None:
     site = hostile_site
     outside = tmp_path / "outside.json"
     outside.write_text('{"value": "secret"}')
@@ -177,7 +177,14 @@ def test_symlink_outside_spool_invalid(hostile_site: Site, tmp_path: Path) -> No
     for name in ("escape", "relative", "chain"):
         assert found[name]["outcome"] == "invalid", name
         assert found[name]["reason"] == "symlink pointing outside the spool"
-    assert found["inside"]["outcome"] == "committed"
+    assert found["inside"]["outcome"] == "invalid"
+    assert found["inside"]["reason"] == (
+        "symlink to record 'target' of the same spool, not a record itself"
+    )
+    assert found["target"]["outcome"] == "committed"
+    assert (site.spool / "inside.json").is_symlink()
+    target = json.loads((site.spool / "target.json").read_text())
+    assert target == {"value": "inside", "state": "done"}
     assert json.loads(outside.read_text()) == {"value": "secret"}
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from fleetd.config.model import WorkflowSettings
 from fleetd.workflows import Record, WorkflowError, open_workflow
-from fleetd.workflows.spool import SpoolWorkflow
+from fleetd.workflows.spool import SpoolWorkflow, write_atomically
 
 
 @pytest.fixture
@@ -43,18 +43,42 @@ async def test_unreadable_records_are_invalid(spool: Path) -> None:
     assert records["good"].invalid is None
 
 
-async def test_symlink_outside_spool_invalid(spool: Path, tmp_path: Path) -> None:
+async def test_symlinks_are_invalid_records(spool: Path, tmp_path: Path) -> None:
     secret = tmp_path / "shadow.json"
     secret.write_text('{"root": "x"}')
     (spool / "evil.json").symlink_to(secret)
     (spool / "real.json").write_text('{"a": 1}')
     (spool / "alias.json").symlink_to(spool / "real.json")
+    (spool / "relative.json").symlink_to("real.json")
+    (spool / "hop.json").symlink_to("alias.json")
+    (spool / "sub").mkdir()
+    (spool / "sub" / "inner.json").write_text('{"b": 2}')
+    (spool / "nested.json").symlink_to(spool / "sub" / "inner.json")
     (spool / "dangling.json").symlink_to(spool / "gone")
+    (spool / "loop.json").symlink_to("loop.json")
     records = {r.id: r for r in await SpoolWorkflow("req", spool).records()}
     assert records["evil"].invalid == "symlink pointing outside the spool"
-    assert records["alias"].invalid is None
-    assert records["alias"].fields == {"a": 1}
+    assert records["evil"].fields == {}
+    same_spool = "symlink to record 'real' of the same spool, not a record itself"
+    assert records["alias"].invalid == same_spool
+    assert records["alias"].fields == {}
+    assert records["relative"].invalid == same_spool
+    assert records["hop"].invalid == same_spool
+    assert records["nested"].invalid == (
+        "symlink to sub/inner.json in the spool, not a regular file"
+    )
     assert records["dangling"].invalid == "dangling symlink"
+    assert records["loop"].invalid in ("symlink loop", "dangling symlink")
+    assert records["real"].invalid is None
+    assert records["real"].fields == {"a": 1}
+
+
+async def test_special_files_are_invalid(spool: Path) -> None:
+    os.mkfifo(spool / "pipe.json")
+    (spool / "folder.json").mkdir()
+    records = {r.id: r for r in await SpoolWorkflow("req", spool).records()}
+    assert records["pipe"].invalid == "not a regular file"
+    assert records["folder"].invalid == "not a regular file"
 
 
 async def test_commit_merges_fields_atomically(spool: Path) -> None:
@@ -85,13 +109,65 @@ async def test_commit_keeps_concurrent_edits(spool: Path) -> None:
     assert json.loads(path.read_text()) == {"status": "done", "note": "added later"}
 
 
-async def test_commit_through_symlink_writes_target(spool: Path) -> None:
-    (spool / "real.json").write_text('{"a": 1}')
-    (spool / "alias.json").symlink_to(spool / "real.json")
+async def test_commit_never_writes_through_symlink(spool: Path) -> None:
+    real = spool / "real.json"
+    real.write_text('{"a": 1}')
+    (spool / "alias.json").symlink_to(real)
     workflow = SpoolWorkflow("req", spool)
-    await workflow.commit(Record(id="alias"), {"b": 2})
+    with pytest.raises(WorkflowError, match="is now a symlink"):
+        await workflow.commit(Record(id="alias"), {"b": 2})
     assert (spool / "alias.json").is_symlink()
-    assert json.loads((spool / "real.json").read_text()) == {"a": 1, "b": 2}
+    assert json.loads(real.read_text()) == {"a": 1}
+
+
+async def test_commit_after_swap_to_symlink_fails(spool: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"secret": true}')
+    real = spool / "real.json"
+    real.write_text('{"a": 1}')
+    (spool / "swapped.json").write_text('{"s": 1}')
+    workflow = SpoolWorkflow("req", spool)
+    records = {r.id: r for r in await workflow.records()}
+    assert records["swapped"].invalid is None
+    # Another writer replaces the listed file with links before the commit.
+    for target in (real, outside):
+        (spool / "swapped.json").unlink()
+        (spool / "swapped.json").symlink_to(target)
+        with pytest.raises(WorkflowError, match="is now a symlink"):
+            await workflow.commit(records["swapped"], {"s": 2})
+    assert json.loads(real.read_text()) == {"a": 1}
+    assert json.loads(outside.read_text()) == {"secret": True}
+
+
+async def test_commit_of_special_file_fails(spool: Path) -> None:
+    os.mkfifo(spool / "pipe.json")
+    workflow = SpoolWorkflow("req", spool)
+    with pytest.raises(WorkflowError, match="no longer a regular file"):
+        await workflow.commit(Record(id="pipe"), {"s": 2})
+
+
+def test_atomic_write_replaces_symlink_entry(spool: Path) -> None:
+    real = spool / "real.json"
+    real.write_text('{"a": 1}')
+    real.chmod(0o600)
+    alias = spool / "alias.json"
+    alias.symlink_to(real)
+    write_atomically(alias, b'{"b": 2}\n')
+    assert not alias.is_symlink()
+    assert json.loads(alias.read_text()) == {"b": 2}
+    assert oct(alias.stat().st_mode & 0o777) == oct(0o644)
+    assert json.loads(real.read_text()) == {"a": 1}
+    assert oct(real.stat().st_mode & 0o777) == oct(0o600)
+
+
+async def test_commit_through_hard_link_spares_other(spool: Path) -> None:
+    real = spool / "real.json"
+    real.write_text('{"a": 1}')
+    os.link(real, spool / "twin.json")
+    workflow = SpoolWorkflow("req", spool)
+    await workflow.commit(Record(id="twin"), {"b": 2})
+    assert json.loads((spool / "twin.json").read_text()) == {"a": 1, "b": 2}
+    assert json.loads(real.read_text()) == {"a": 1}
 
 
 async def test_commit_of_vanished_file_fails(spool: Path) -> None:
