@@ -168,7 +168,12 @@ class PostgresStore:
                 if self._pool is not None:
                     self._pool.terminate()
                     self._pool = None
-                if not is_transient(error) or attempt == self.open_attempts:
+                # A server that restarts during the migration closes the
+                # connection under it (InterfaceError "the underlying
+                # connection is closed"); the migration rolled back, so it
+                # runs again on a new pool.
+                cut = isinstance(error, CLIENT_STATE_ERRORS)
+                if not (is_transient(error) or cut) or attempt == self.open_attempts:
                     raise
                 await self._wait_retry("open", attempt, error)
 

@@ -35,16 +35,19 @@ def children(pid: int) -> list[int]:
 
 
 def wait_for_sleep(site: PgSite, process: subprocess.Popen[bytes]) -> list[int]:
-    """Wait until `process` holds ticket 2's lock and runs `sleep`."""
+    """Wait until `process` holds only ticket 2's lock and runs `sleep`.
+
+    The engine starts ticket 2 while ticket 1's commit is still being
+    written, so the wait also covers that commit.
+    """
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.poll() is None, "fleetd once ended before its Run"
         locks = site.query(
-            "SELECT 1 FROM fleetd_locks WHERE record = '2' AND owner_pid = $1",
-            process.pid,
+            "SELECT record FROM fleetd_locks WHERE owner_pid = $1", process.pid
         )
         sleeping = children(process.pid)
-        if locks and sleeping:
+        if [row[0] for row in locks] == ["2"] and sleeping:
             return sleeping
         time.sleep(0.05)
     raise AssertionError("fleetd did not start the Run of ticket 2 within 30 s")
