@@ -169,9 +169,8 @@ class PostgresStore:
                     self._pool.terminate()
                     self._pool = None
                 # A server that restarts during the migration closes the
-                # connection under it (InterfaceError "the underlying
-                # connection is closed"); the migration rolled back, so it
-                # runs again on a new pool.
+                # connection under it, and asyncpg raises InterfaceError.
+                # The migration rolled back, so it runs again on a new pool.
                 cut = isinstance(error, CLIENT_STATE_ERRORS)
                 if not (is_transient(error) or cut) or attempt == self.open_attempts:
                     raise
