@@ -9,11 +9,12 @@ mark, or finds no commit at all. Lease times come from the database clock
 only grow. A resolution locks the row (`FOR UPDATE`), checks the token and
 the expiry, runs `in_transaction` (a workflow's `UPDATE`) and writes the
 mark and history, all in one transaction. Claims and resolutions without
-`in_transaction` run as PL/pgSQL functions (`fleetd_acquire_many`,
-`fleetd_resolve_many`). The claims that a process's runs make at the same
-time go to the database as one batch, in one round trip and one
-transaction, and so do their resolutions: the batch commits once, and each
-caller returns only after that commit.
+`in_transaction` run as PL/pgSQL functions. The claims that a process's
+runs make at the same time go to the database as one batch, in one round
+trip and one transaction (`fleetd_acquire_many`, or `fleetd_acquire` for a
+batch of one), and so do their resolutions (`fleetd_resolve_many`,
+`fleetd_resolve`). The batch commits once, and each caller returns only
+after that commit.
 
 Connection loss (a restart, a failover, a cut network) is retried with
 backoff and jitter, for as long as it lasts: a run waits, and nothing is
