@@ -20,9 +20,8 @@ in a tree may change after parsing.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 
 class Phase(enum.Enum):
@@ -139,7 +138,7 @@ class Match:
     """`subject MATCHES /re/flags`; a match sets `1`, `2`, ... in scope."""
 
     subject: "Expr"
-    pattern: re.Pattern[str]
+    pattern: Any  # a compiled `regex` pattern (fleetd.lang.perlre)
     column: int
 
 

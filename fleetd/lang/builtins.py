@@ -22,10 +22,12 @@ import sys
 import time
 from collections.abc import Callable
 
+import regex
+
 from fleetd.lang.builtins_files import FILE_TESTS, newer_than
 from fleetd.lang.perlcrypt import perl_crypt
 from fleetd.lang.perlformat import perl_pack, perl_sprintf, perl_unpack
-from fleetd.lang.perlre import compile_perl
+from fleetd.lang.perlre import compile_perl, compile_regex, search, substitute
 from fleetd.lang.registry import FunctionSpec
 from fleetd.lang.values import Value, normalize_number, render, to_integer, to_number
 
@@ -196,12 +198,12 @@ def _srand(seed: Value = None) -> Value:
 def _replace(text: Value, pattern: Value, replacement: Value) -> Value:
     compiled = compile_perl(render(pattern), "")
     literal = render(replacement)
-    return compiled.sub(lambda _match: literal, render(text), count=1)
+    return substitute(compiled, lambda _match: literal, render(text), count=1)
 
 
 def _grep(pattern: Value, items: Value) -> Value:
     compiled = compile_perl(render(pattern), "")
-    return [item for item in _list(items, "grep") if compiled.search(render(item))]
+    return [item for item in _list(items, "grep") if search(compiled, render(item))]
 
 
 def _reverse(items: Value) -> Value:
@@ -266,16 +268,16 @@ def _split(pattern: Value, text: Value = None, limit: Value = None) -> Value:
     source = render(pattern)
     if source == " ":
         subject = subject.lstrip(" \t\n\r\f\v")
-        compiled = re.compile(r"\s+")
+        compiled = compile_regex(r"\s+")
     elif source == "^":
-        compiled = re.compile(r"^", re.MULTILINE)
+        compiled = compile_regex(r"^", regex.MULTILINE)
     else:
         compiled = compile_perl(source, "")
     fields: list[Value] = []
     position = 0
     search_from = 0
     while maximum <= 0 or len(fields) < maximum - 1:
-        match = compiled.search(subject, search_from)
+        match = search(compiled, subject, search_from)
         if match is None:
             break
         if match.end() == match.start():

@@ -145,7 +145,7 @@ class _Reader:
             return Match(left, self.pattern(), left.column)
         return left
 
-    def pattern(self) -> re.Pattern[str]:
+    def pattern(self) -> Any:
         self.skip()
         match = _REGEX_RE.match(self.line, self.position)
         if match is None:

@@ -18,6 +18,7 @@ from fleetd.lang.ast import (
     Variable,
 )
 from fleetd.lang.errors import EvaluationError
+from fleetd.lang.perlre import PatternTimeout, search
 from fleetd.lang.registry import Registry
 from fleetd.lang.scope import Scope
 from fleetd.lang.values import (
@@ -114,10 +115,10 @@ def evaluate(
         return TRUE if found != expr.negated else FALSE
     if isinstance(expr, Match):
         subject = render(evaluate(expr.subject, scope, registry, at))
-        # NOTE: Python's re cannot be interrupted, so a pattern that
-        # backtracks catastrophically on a record value blocks this thread
-        # until it finishes; the agent's TIMEOUT does not stop it.
-        match = expr.pattern.search(subject)
+        try:
+            match = search(expr.pattern, subject)
+        except PatternTimeout as error:
+            raise EvaluationError(str(error), _location(at, expr.column)) from None
         if match is None:
             return FALSE
         for index, group in enumerate(match.groups(), start=1):

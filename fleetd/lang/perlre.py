@@ -1,4 +1,12 @@
-"""Translate Perl regular expressions to Python's `re`.
+"""Translate Perl regular expressions to Python patterns, with a time limit.
+
+Patterns compile with the `regex` module (in its `re`-compatible V0 mode)
+rather than `re`, because `regex` can stop a match after a time limit:
+with `re`, a pattern that backtracks catastrophically on a record value,
+such as `/^(a|aa)+$/` on forty a's and a "!", held the event loop, and
+with it every agent, lease renewal and the watchdog, until it finished.
+`search` and `substitute` stop a match after `MATCH_TIMEOUT` seconds and
+raise `PatternTimeout`.
 
 FleetConf agents write Perl patterns (`/re/flags`). Most of the syntax is
 shared; this module rewrites what differs and rejects what Python cannot
@@ -19,8 +27,20 @@ express, so a pattern fails at load rather than matching differently:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
-_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+import regex
+
+#: Seconds one match of an agent's pattern may take.
+MATCH_TIMEOUT = 1.0
+
+_FLAGS = {
+    "i": regex.IGNORECASE,
+    "m": regex.MULTILINE,
+    "s": regex.DOTALL,
+    "x": regex.VERBOSE,
+}
 
 _POSIX_CLASSES = {
     "alpha": "a-zA-Z",
@@ -52,6 +72,7 @@ _ESCAPES = {
 }
 # The same inside a character class, where only the members can be listed.
 _CLASS_ESCAPES = {"h": _HORIZONTAL, "v": _VERTICAL}
+_FLAG_GROUP_RE = re.compile(r"\(\?[a-zA-Z^-]+\)")
 _BRACED_HEX_RE = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 
 
@@ -169,6 +190,13 @@ def translate(pattern: str) -> str:
             rest = pattern[index + 2 : index + 4]
             if rest.startswith(("{", "?{", "R")):
                 raise PatternError("code blocks and recursion are not supported")
+            if index > 0 and _FLAG_GROUP_RE.match(pattern, index):
+                # Perl applies these to the end of the enclosing group, the
+                # regex module to the whole pattern.
+                raise PatternError(
+                    "inline flags such as (?i) are supported only at the"
+                    " start of the pattern; use (?i:...) for a part of it"
+                )
             if (
                 rest.startswith("<")
                 and not rest.startswith("<=")
@@ -189,7 +217,41 @@ def translate(pattern: str) -> str:
     return "".join(out)
 
 
-def compile_perl(pattern: str, flags: str) -> re.Pattern[str]:
+class PatternTimeout(ValueError):
+    """A match took longer than `MATCH_TIMEOUT` seconds."""
+
+    def __init__(self, pattern: Any, length: int) -> None:
+        super().__init__(
+            f"regular expression /{pattern.pattern}/ took longer than"
+            f" {MATCH_TIMEOUT:g} s on a value of {length} characters;"
+            " it backtracks too much, so simplify it"
+        )
+
+
+def search(pattern: Any, text: str, position: int = 0) -> Any:
+    """Return `pattern.search(text, position)`, stopped after `MATCH_TIMEOUT`."""
+    try:
+        return pattern.search(text, position, timeout=MATCH_TIMEOUT)
+    except TimeoutError:
+        raise PatternTimeout(pattern, len(text)) from None
+
+
+def substitute(
+    pattern: Any, replace: Callable[[Any], str], text: str, count: int = 0
+) -> str:
+    """Return `pattern.sub(replace, text, count)`, stopped after `MATCH_TIMEOUT`."""
+    try:
+        return pattern.sub(replace, text, count=count, timeout=MATCH_TIMEOUT)
+    except TimeoutError:
+        raise PatternTimeout(pattern, len(text)) from None
+
+
+def compile_regex(pattern: str, flags: int = 0) -> Any:
+    """Compile a pattern in Python syntax with the `regex` module."""
+    return regex.compile(pattern, flags | regex.V0)
+
+
+def compile_perl(pattern: str, flags: str) -> Any:
     """Compile a Perl pattern with its flags (`imsx`) into a Python pattern.
 
     Raises:
@@ -203,8 +265,8 @@ def compile_perl(pattern: str, flags: str) -> re.Pattern[str]:
             )
         python_flags |= _FLAGS[flag]
     try:
-        return re.compile(translate(pattern), python_flags)
-    except re.error as error:
+        return compile_regex(translate(pattern), python_flags)
+    except regex.error as error:
         raise PatternError(
             f"invalid regular expression /{pattern}/: {error.msg}"
         ) from None

@@ -372,7 +372,7 @@ def test_every_error_reported() -> None:
         ),
         "t.agent:7:9: unknown function 'nosuch'",
         "t.agent:8:9: size() takes 0 or 1 arguments, got 2",
-        "t.agent:9:19: invalid regular expression /(/: missing ), unterminated subpattern",
+        "t.agent:9:19: invalid regular expression /(/: missing )",
         "t.agent:10:19: unsupported regular expression flag 'q'; use i, m, s or x",
         "t.agent:11:1: END without a block to close",
         "t.agent:12:1: FOREACH block is never closed: END is missing",

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 
 import pytest
 
-from fleetd.lang.perlre import PatternError, compile_perl
+from fleetd.lang.perlre import (
+    MATCH_TIMEOUT,
+    PatternError,
+    PatternTimeout,
+    compile_perl,
+    search,
+)
 
 # (pattern, flags, subject). `\Q...\E` is left out: Perl applies it only to
 # pattern literals, not to a pattern held in a variable as here.
@@ -34,6 +41,9 @@ CASES = [
     (r"^\s*$", "", "   "),
     (r"colou?r", "", "color"),
     (r"x{2,3}", "", "axxxxb"),
+    (r"^\p{L}+$", "", "abc"),
+    (r"\p{Lu}", "", "abCd"),
+    (r"a(?i:B)c", "", "abc"),
 ]
 
 
@@ -81,10 +91,26 @@ def test_translation_matches_perl(pattern: str, flags: str, subject: str) -> Non
         ("[[:nosuch:]]", "", "unsupported POSIX class [:nosuch:]"),
         ("[abc", "", "unterminated character class"),
         (r"\x{110000}", "", "character code 110000 is out of range"),
-        (r"\p{L}", "", r"invalid regular expression /\p{L}/"),
+        ("a(?i)b", "", "inline flags such as (?i) are supported only at the start"),
+        (
+            r"\p{NoSuchProperty}",
+            "",
+            r"invalid regular expression /\p{NoSuchProperty}/: unknown property",
+        ),
     ],
 )
 def test_rejected_patterns(pattern: str, flags: str, message: str) -> None:
     with pytest.raises(PatternError) as caught:
         compile_perl(pattern, flags)
     assert str(caught.value).startswith(message)
+
+
+def test_backtracking_match_stopped() -> None:
+    # Exponential backtracking on a value that almost matches.
+    pattern = compile_perl(r"^(a|aa)+$", "")
+    started = time.monotonic()
+
+    with pytest.raises(PatternTimeout, match="took longer than"):
+        search(pattern, "a" * 60 + "!")
+
+    assert time.monotonic() - started < MATCH_TIMEOUT + 2.0

@@ -432,3 +432,31 @@ async def test_cycle_ends_when_agent_removed(fleet: Fleet) -> None:
 
     assert [r.record for r in reports] == ["r0"]
     assert fleet.echoed == ["ran r0"]
+
+
+async def test_backtracking_pattern_fails_requirement(
+    fleet: Fleet, events: list
+) -> None:
+    # A pattern that backtracks exponentially on this value is stopped, so
+    # one record cannot hold the event loop and every other agent.
+    fleet.record("greedy", status="a" * 60 + "!")
+    fleet.record("plain", status="approved")
+    fleet.agent(
+        """
+        NAME     Greedy
+        MNEMONIC greedy
+        WORKFLOW requests
+        REQUIRE this.status MATCHES /^(a|aa)+$/ OR this.status = "approved"
+        SET this.status = "done"
+        """
+    )
+    agents = fleet.load()
+    async with fleet.engine() as engine:
+        reports = await engine.run_cycle(agents.agents["Greedy"])
+
+    by_record = {report.record: report for report in reports}
+    assert by_record["greedy"].outcome is Outcome.SKIPPED
+    assert "took longer than 1 s" in (by_record["greedy"].reason or "") or any(
+        "took longer than 1 s" in str(event.get("error")) for event in events
+    )
+    assert by_record["plain"].outcome is Outcome.COMMITTED
