@@ -1,10 +1,10 @@
 """Translate Perl regular expressions to Python patterns, with a time limit.
 
 Patterns compile with the `regex` module (in its `re`-compatible V0 mode)
-rather than `re`, because `regex` can stop a match after a time limit:
-with `re`, a pattern that backtracks catastrophically on a record value,
-such as `/^(a|aa)+$/` on forty a's and a "!", held the event loop, and
-with it every agent, lease renewal and the watchdog, until it finished.
+rather than `re`, because `regex` can stop a match after a time limit.
+With `re`, a pattern that backtracks catastrophically on a record value,
+such as `/^(a|aa)+$/` on forty a's and a "!", held the event loop until
+it finished, and with it every agent, lease renewal and the watchdog.
 `search` and `substitute` stop a match after `MATCH_TIMEOUT` seconds and
 raise `PatternTimeout`.
 
