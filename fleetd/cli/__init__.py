@@ -34,16 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_target_sub is not None:
         args.log_target = args.log_target_sub
 
-    # Until the event loop receives them, SIGTERM and SIGINT (and SIGHUP for
-    # the daemon) only get recorded, so a stop or reload during startup
-    # neither kills the process nor is lost.
+    # Until the event loop receives them, SIGTERM, SIGINT and SIGHUP only
+    # get recorded, so a stop or reload during startup neither kills the
+    # process nor is lost. SIGHUP reloads the daemon and stops `once`.
     deferred: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if args.command == "run":
         deferred = deferred_signals.deferred(
             (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         )
     elif args.command == "once":
-        deferred = deferred_signals.deferred((signal.SIGTERM, signal.SIGINT))
+        deferred = deferred_signals.deferred(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        )
     try:
         with deferred:
             return int(args.handler(args))

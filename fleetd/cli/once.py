@@ -5,10 +5,12 @@ one invocation is deterministic: each agent lists its records after the
 commits of the agents before it. Inside an agent's cycle the Engine runs records concurrently
 (the agent's CONCURRENCY, `max_concurrency` overall).
 
-SIGTERM and SIGINT are handled as the daemon handles them. No new run
-starts, and runs in flight get `shutdown_grace` to finish. After that their
-Run is cancelled, while Cleanup and the resolution still happen. A second
-signal skips the grace. The exit status then follows the outcomes.
+SIGTERM and SIGINT are handled as the daemon handles them, and so is
+SIGHUP, which a closed terminal or SSH session sends. No new run starts,
+and runs in flight get `shutdown_grace` to finish. After that their Run is
+cancelled, while Cleanup and the resolution still happen. A second signal
+skips the grace. The agents that did not get their cycle are named in a
+`once_stopped` warning. The exit status then follows the outcomes.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ async def run_cycles(
     output: ReportOutput,
     pretend: bool,
 ) -> None:
-    """Run one cycle of each agent in `selected`, stopping on SIGTERM or SIGINT."""
+    """Run one cycle of each agent in `selected`, stopping on a signal."""
     import anyio
 
     from fleetd.daemon.signals import receive_signals
@@ -131,7 +133,8 @@ async def run_cycles(
 
     # Receive signals before the state store opens: one that arrives while
     # it opens waits in the queue and then stops the cycles gracefully.
-    with receive_signals((signal.SIGTERM, signal.SIGINT)) as signals:
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    with receive_signals(stop_signals) as signals:
         async with Engine(
             config, pretend=pretend, echo=output.echo, registry=registry
         ) as engine:
@@ -144,8 +147,9 @@ async def run_cycles(
                     stopping,
                     config.daemon.shutdown_grace,
                 )
-                for loaded in selected:
+                for index, loaded in enumerate(selected):
                     if stopping.is_set():
+                        log_not_run(selected[index:])
                         break
                     output.start_agent(loaded)
                     error_before = engine.statistics().last_error
@@ -161,6 +165,16 @@ async def run_cycles(
                             output.cycle_error = error_after
                     output.end_agent()
                 group.cancel_scope.cancel()
+
+
+def log_not_run(agents: list[LoadedAgent]) -> None:
+    """Warn that a stop came before these agents' cycles."""
+    import structlog
+
+    structlog.get_logger().warning(
+        "once_stopped",
+        agents_not_run=[loaded.agent.name for loaded in agents],
+    )
 
 
 async def watch_signals(

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
 from fleetd.config import Config, ConfigError, load_config
 from fleetd.daemon.logging import configure_logging, shift_level
@@ -15,11 +14,12 @@ from fleetd.daemon.notify import Notifier, take_notify_environment, watchdog_per
 from fleetd.daemon.signals import receive_signals
 from fleetd.daemon.supervisor import Supervisor
 from fleetd.lang import Registry, load_plugins
+from fleetd.logs import get_logger
 from fleetd.runtime import AgentLoader, AgentSet, Engine
 
 __all__ = ["DropInSource", "run_daemon"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -122,7 +122,7 @@ async def _serve(
             return EXIT_CONFIG
         source = DropInSource(conf_dir, registry)
         agents = await anyio.to_thread.run_sync(source.load_agents, config, None)
-        log.info(
+        log.notice(
             "agents_loaded",
             agents=len(agents.agents),
             scheduled=sum(1 for loaded in agents.agents.values() if loaded.scheduled),

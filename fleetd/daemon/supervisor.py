@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from fleetd.config import ConfigError, redact_url
@@ -48,6 +47,7 @@ from fleetd.daemon.notify import Notifier, run_watchdog
 from fleetd.daemon.schedule import AgentSlot, agent_interval, is_runnable
 from fleetd.daemon.signals import HANDLED_SIGNALS, receive_signals
 from fleetd.daemon.status import SupervisorStatistics, format_status
+from fleetd.logs import get_logger
 
 if TYPE_CHECKING:
     from fleetd.config.model import Config
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ConfigSource", "EngineLike", "Supervisor"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 # Seconds between checks of the STATUS= text; it is sent only when it changed.
 STATUS_PERIOD = 2.0
@@ -182,7 +182,7 @@ class Supervisor:
                 daemon_group.start_soon(self._reload_on_request)
                 daemon_group.start_soon(self._report_status)
                 self._notifier.ready(self.status_text())
-                log.info(
+                log.notice(
                     "daemon_started",
                     pid=os.getpid(),
                     conf_dir=str(self._config.conf_dir),
@@ -197,7 +197,7 @@ class Supervisor:
             daemon_group.cancel_scope.cancel()
 
         stats = self.statistics()
-        log.info(
+        log.notice(
             "daemon_stopped",
             runs_done=stats.runs_done,
             runs_cancelled=self._cancelled_runs,
@@ -209,7 +209,7 @@ class Supervisor:
     def request_stop(self, reason: str = "request") -> None:
         """Start a graceful stop; a second request skips the grace."""
         if not self._stopping.is_set():
-            log.info(
+            log.notice(
                 "stop_requested",
                 reason=reason,
                 grace_s=self._config.daemon.shutdown_grace,
@@ -222,7 +222,7 @@ class Supervisor:
     def request_reload(self) -> None:
         """Reload after the reload in progress, if any; requests coalesce."""
         if self._stopping.is_set():
-            log.info("reload_ignored", reason="stopping")
+            log.notice("reload_ignored", reason="stopping")
             return
         self._reload_requested.set()
 
@@ -270,7 +270,7 @@ class Supervisor:
         task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.info("reload_requested", signal="SIGHUP")
+                log.notice("reload_requested", signal="SIGHUP")
                 self.request_reload()
             else:
                 self.request_stop(signal.Signals(signum).name)
@@ -283,7 +283,7 @@ class Supervisor:
         for slot in self._slots.values():
             slot.wake()
         self._notifier.stopping(self.status_text())
-        log.info(
+        log.notice(
             "daemon_stopping",
             runs_in_flight=self.statistics().runs_in_flight,
             grace_s=self._config.daemon.shutdown_grace,
@@ -335,7 +335,7 @@ class Supervisor:
             self._reload_failed([f"{type(exc).__name__}: {exc}"], logged=True)
             return False
         if self._stopping.is_set():
-            log.info("reload_discarded", reason="stopping")
+            log.notice("reload_discarded", reason="stopping")
             return False
 
         # Apply: settings first, so runs of new agent versions see them.
@@ -348,7 +348,7 @@ class Supervisor:
             self._last_error = None
             self._reload_error = False
         self._log_ignored_files()
-        log.info("reload_finished", reload=self._reloads, **changes)
+        log.notice("reload_finished", reload=self._reloads, **changes)
         self._notifier.ready(self.status_text())
 
         return True

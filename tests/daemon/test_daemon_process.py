@@ -545,3 +545,23 @@ def test_writable_agent_file_rejected_and_logged(root: Path, daemon: Daemon) -> 
     assert "loose" not in daemon.stdout_lines()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(20) == 0
+
+
+def test_lifecycle_logged_at_notice(root: Path, daemon: Daemon) -> None:
+    # The shipped configuration logs from notice: starts, reloads and stops
+    # must still show there.
+    write_settings(root / "conf.d", root, log_level='"notice"')
+    daemon.start()
+    daemon.wait_notify(lambda message: message.get("READY") == "1")
+    daemon.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while not daemon.log_events("reload_finished"):
+        assert time.monotonic() < deadline, daemon.logs()
+        time.sleep(0.05)
+
+    daemon.signal(signal.SIGTERM)
+
+    assert daemon.wait_exit(30) == 0
+    for event in ("daemon_started", "reload_finished", "daemon_stopped"):
+        [entry] = daemon.log_events(event)
+        assert entry["level"] == "notice"
