@@ -59,6 +59,7 @@ from fleetd.runtime.pretend import pretend_run
 from fleetd.runtime.process import KILL_GRACE
 from fleetd.runtime.report import Outcome, PhaseResult, RunReport
 from fleetd.workflows.base import Record, Workflow
+from fleetd.workflows.text import checked_record
 
 logger = get_logger()
 
@@ -246,6 +247,9 @@ async def start_record(
     Run but still runs Cleanup.
     """
     run_id = run_id or new_run_id()
+    # A record whose text cannot be encoded is reported invalid under an
+    # escaped id, checked before the id reaches the log context.
+    record = checked_record(record)
     context = {
         "agent": agent.name,
         "mnemonic": agent.mnemonic,

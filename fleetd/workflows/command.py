@@ -22,6 +22,7 @@ from typing import Any
 from fleetd.workflows.base import Record
 from fleetd.workflows.errors import WorkflowError
 from fleetd.workflows.strict_json import dump_json, load_json
+from fleetd.workflows.text import id_problem, printable_text
 
 KILL_GRACE_S = 5.0
 STDERR_TAIL = 500
@@ -51,8 +52,10 @@ class CommandWorkflow:
     async def records(self) -> list[Record]:
         output = await self._run(self.list_command, b"", "list_command")
         try:
-            items = parse_listing(output.decode())
-        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            # A byte that is not UTF-8 becomes a lone surrogate, which makes
+            # only the record that contains it invalid.
+            items = parse_listing(output.decode("utf-8", "surrogateescape"))
+        except (ValueError, RecursionError) as error:
             raise WorkflowError(
                 f"command workflow {self.name}: list_command printed no JSON "
                 f"array or JSON lines: {error}"
@@ -144,7 +147,12 @@ def _record(number: int, item: Any) -> Record:
             invalid="missing id: expected a string or number in key id",
         )
 
-    return Record(id=str(record_id), fields=fields)
+    text_id = str(record_id)
+    problem = id_problem(text_id)
+    if problem is not None:
+        return Record(id=printable_text(text_id), invalid=problem)
+
+    return Record(id=text_id, fields=fields)
 
 
 async def _terminate(process: asyncio.subprocess.Process) -> None:

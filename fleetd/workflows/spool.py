@@ -19,6 +19,7 @@ a file outside the spool.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import os
@@ -86,7 +87,7 @@ class SpoolWorkflow:
             return Record(id=record_id, invalid=_symlink_problem(root, path))
         try:
             _, content = _read_regular_file(path)
-            data = load_json(content)
+            data = load_json(_utf8_text(content))
         except _NotRegularFile:
             return Record(id=record_id, invalid="not a regular file")
         except OSError as error:
@@ -116,7 +117,7 @@ class SpoolWorkflow:
         path = self.path / (record.id + SUFFIX)
         try:
             mode, content = _read_regular_file(path)
-            current = load_json(content)
+            current = load_json(_utf8_text(content))
         except _NotRegularFile as error:
             raise WorkflowError(f"{where}: no longer a regular file") from error
         except OSError as error:
@@ -142,6 +143,16 @@ class SpoolWorkflow:
                 f"{where}: cannot write the changes as JSON: {error}"
             ) from error
         write_atomically(path, (text + "\n").encode(), mode=mode)
+
+
+def _utf8_text(content: bytes) -> str:
+    """Decode a request file as UTF-8, dropping a leading byte order mark.
+
+    json.loads would also take UTF-16 and UTF-32 bytes, and a commit would
+    then rewrite such a file as UTF-8. RFC 8259 requires UTF-8 and lets a
+    parser ignore a byte order mark. Raises UnicodeDecodeError.
+    """
+    return content.removeprefix(codecs.BOM_UTF8).decode("utf-8")
 
 
 class _NotRegularFile(Exception):

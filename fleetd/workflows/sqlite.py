@@ -16,6 +16,7 @@ import anyio.to_thread
 
 from fleetd.workflows.base import Record
 from fleetd.workflows.errors import WorkflowError
+from fleetd.workflows.text import id_problem
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -80,6 +81,10 @@ class SqliteWorkflow:
         connection = self._connect()
         try:
             connection.row_factory = sqlite3.Row
+            # SQLite text may hold any bytes. Decoding strictly would fail
+            # the whole listing on one row, so undecodable bytes become lone
+            # surrogates and make only their row invalid.
+            connection.text_factory = _decode_text
             rows = connection.execute(query).fetchall()
         except sqlite3.Error as error:
             raise WorkflowError(
@@ -105,6 +110,13 @@ class SqliteWorkflow:
                 )
                 continue
             record_id = str(raw_id)
+            problem = _undecodable_column(fields)
+            if problem is None:
+                problem = id_problem(record_id)
+            if problem is not None:
+                printable_id = _printable_column(record_id)
+                records.append(Record(id=printable_id, invalid=problem))
+                continue
             ids[record_id] = raw_id
             records.append(Record(id=record_id, fields=fields))
         self._ids = ids
@@ -139,3 +151,32 @@ class SqliteWorkflow:
             ) from error
         finally:
             connection.close()
+
+
+def _decode_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _printable_column(text: str) -> str:
+    """Return `text` with each undecodable byte and NUL as a backslash escape."""
+    data = text.encode("utf-8", "surrogateescape")
+
+    return data.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+def _undecodable_column(fields: dict[str, Any]) -> str | None:
+    """Return which column of a row contains text that is not UTF-8, or None."""
+    for column, value in fields.items():
+        if not isinstance(value, str):
+            continue
+        data = value.encode("utf-8", "surrogateescape")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            byte = data[error.start]
+            return (
+                f"column {column}: not valid UTF-8 text "
+                f"(byte 0x{byte:02X} at offset {error.start})"
+            )
+
+    return None
