@@ -352,7 +352,13 @@ class Engine:
             )
         except Exception as error:
             # A state store that failed when the lock was taken.
-            logger.exception("run_failed", agent=loaded.agent.name, record=record.id)
+            logger.exception(
+                "run_failed",
+                agent=loaded.agent.name,
+                mnemonic=loaded.agent.mnemonic,
+                workflow=workflow.name,
+                record=record.id,
+            )
             report = RunReport(
                 agent=loaded.agent.name,
                 mnemonic=loaded.agent.mnemonic,

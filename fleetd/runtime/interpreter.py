@@ -407,7 +407,7 @@ async def run_command(
         state.fail(command, str(error))
         return False
     except Exception as error:  # noqa: BLE001 - a failure of any kind fails the command
-        state.log.exception("command_crashed", command=command.source)
+        state.log.exception("command_crashed", command=command_text(command))
         state.fail(command, f"internal error: {type(error).__name__}: {error}")
         return False
 
