@@ -138,7 +138,8 @@ def load_agents(config: Config, registry: Registry) -> tuple[AgentSet, list[str]
     from fleetd.runtime import AgentLoader
 
     agent_set = AgentLoader(registry).load(config)
-    errors = list(config.errors) + list(agent_set.errors)
+    # A rejected conf dir agent named with `once -f` is rejected by both.
+    errors = list(dict.fromkeys(config.errors + agent_set.errors))
 
     return agent_set, errors
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
 import tomllib
 from collections.abc import Iterator
 from datetime import date, datetime, time
@@ -34,6 +33,7 @@ from fleetd.config.schema import (
 )
 from fleetd.config.secrets import redact_url
 from fleetd.config.state import default_state_url, resolve_state_url
+from fleetd.config.trust import untrusted_reasons
 
 DEFAULT_CONF_DIR = Path("/etc/fleetd/conf.d")
 TOP_LEVEL_TABLES = ("daemon", "globals", "workflows")
@@ -65,8 +65,9 @@ def load_config(conf_dir: str | Path) -> Config:
     """Load and validate the drop-in directory `conf_dir`.
 
     Raises ConfigError listing every error of every TOML file. When running
-    as root, an agent file that fails the ownership and mode checks is left
-    out of `agent_files` and listed in `errors`, and the other agents load.
+    as root, the conf dir, its TOML files and the folders above them must
+    pass `untrusted_reasons`. An agent file that fails it is left out of
+    `agent_files` and listed in `errors`, and the other agents load.
     """
     directory = Path(conf_dir).absolute()
     errors: list[str] = []
@@ -74,13 +75,13 @@ def load_config(conf_dir: str | Path) -> Config:
         raise ConfigError([f"{directory}: conf dir not found or not a directory"])
     as_root = os.geteuid() == 0
     if as_root:
-        errors.extend(_insecure(directory))
+        errors.extend(untrusted_reasons(directory))
 
     toml_files, agent_files, ignored = _list_drop_ins(directory)
     agent_errors: list[str] = []
     accepted_agents: list[Path] = []
     for path in agent_files:
-        problems = _insecure(path) if as_root else []
+        problems = untrusted_reasons(path) if as_root else []
         if problems:
             agent_errors.extend(problems)
         else:
@@ -90,7 +91,7 @@ def load_config(conf_dir: str | Path) -> Config:
     origins: dict[KeyPath, Path] = {}
     for path in toml_files:
         if as_root:
-            problems = _insecure(path)
+            problems = untrusted_reasons(path)
             if problems:
                 errors.extend(problems)
                 continue
@@ -102,7 +103,8 @@ def load_config(conf_dir: str | Path) -> Config:
 
     config = _validate(merged, origins, directory, errors)
     if errors:
-        raise ConfigError(errors)
+        # Each file repeats the problems of the folders above it.
+        raise ConfigError(list(dict.fromkeys(errors)))
     assert config is not None
 
     return Config(
@@ -112,7 +114,7 @@ def load_config(conf_dir: str | Path) -> Config:
         workflows=config.workflows,
         agent_files=tuple(accepted_agents),
         ignored=tuple(ignored),
-        errors=tuple(agent_errors),
+        errors=tuple(dict.fromkeys(agent_errors)),
     )
 
 
@@ -144,28 +146,6 @@ def _list_drop_ins(
 def _is_leftover(name: str) -> bool:
     """Tell whether `name` is hidden, or an editor or package manager leftover."""
     return name.startswith(".") or name.endswith(_LEFTOVER_SUFFIXES) or ".dpkg-" in name
-
-
-def _insecure(path: Path) -> list[str]:
-    """List why root must not trust `path`, as sshd's StrictModes does."""
-    try:
-        info = path.stat()
-    except OSError as error:
-        return [f"{path}: cannot read: {error.strerror}"]
-    problems = []
-    if info.st_uid != 0:
-        problems.append(
-            f"{path}: owned by uid {info.st_uid}, expected root when fleetd runs "
-            f"as root; run chown root {path}"
-        )
-    if info.st_mode & 0o022:
-        mode = stat.S_IMODE(info.st_mode)
-        problems.append(
-            f"{path}: group- or world-writable (mode {mode:04o}), expected no write "
-            f"bit for group and others when fleetd runs as root; run chmod go-w {path}"
-        )
-
-    return problems
 
 
 def _read_toml(path: Path, errors: list[str]) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import math
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
@@ -50,7 +50,7 @@ def _duration(form_extra: str = "") -> Key:
 
 DAEMON_KEYS: dict[str, Key] = {
     "state": Key(NonEmptyText, STATE_FORM),
-    "max_concurrency": Key(PositiveInt, "a whole number, at least 1"),
+    "max_concurrency": Key(PositiveInt, "a whole number of at least 1"),
     "interval": _duration(),
     "splay": _duration(),
     "shutdown_grace": _duration(),
@@ -106,6 +106,10 @@ def convert_value(key: Key, value: Any) -> Any:
     try:
         checked = msgspec.convert(value, type=key.type, strict=True)
     except msgspec.ValidationError:
+        if _has_base_type(key.type, value):
+            # The kind is right and a bound such as `ge=1` failed, so the
+            # message shows only the value: "got 0".
+            raise ValueError(f"expected {key.form}, got {value!r}") from None
         raise ValueError(f"expected {key.form}, got {_describe(value)}") from None
     # No path, URL or program argument can contain a NUL byte.
     texts = checked if isinstance(checked, list) else [checked]
@@ -137,6 +141,18 @@ def convert_value(key: Key, value: Any) -> Any:
         return tuple(checked)
 
     return checked
+
+
+def _has_base_type(expected: Any, value: Any) -> bool:
+    """Tell whether `value` is of the type that `expected` annotates with bounds."""
+    if get_origin(expected) is not Annotated:
+        return False
+    try:
+        msgspec.convert(value, type=get_args(expected)[0], strict=True)
+    except msgspec.ValidationError:
+        return False
+
+    return True
 
 
 def _describe(value: Any) -> str:

@@ -176,10 +176,15 @@ class _FileParser(LineReader):
             return int(raw)
         if keyword == "TIMEOUT":
             try:
-                return parse_duration(raw)
+                seconds = parse_duration(raw)
             except ValueError as error:
                 self.error(column, f"TIMEOUT: {error}")
                 return None
+            # A zero limit would time out every run before it starts.
+            if seconds <= 0:
+                self.error(column, "TIMEOUT: the limit must be longer than 0")
+                return None
+            return seconds
         if keyword == "SCHEDULE":
             return self.parse_schedule(raw, column)
         return raw

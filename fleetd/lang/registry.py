@@ -31,6 +31,7 @@ receives a `CommandContext` first; a false result or an exception fails it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
+from fleetd.config.trust import untrusted_reasons
 from fleetd.lang.values import Value
 
 
@@ -206,6 +208,12 @@ def _add_specs(registry: Registry, source: str, item: object) -> None:
 
 
 def _load_file(path: Path) -> ModuleType:
+    """Import the plugin file `path` as a new module.
+
+    The source is compiled on every load and no `__pycache__` file is read
+    or written, so a bytecode file that someone else wrote never runs in
+    place of the source that passed the permission check.
+    """
     module_name = f"fleetd_plugin_{path.stem}_{abs(hash(str(path)))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -213,11 +221,40 @@ def _load_file(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)  # noqa: S102 - running the plugin is the point
     except Exception as error:
         del sys.modules[module_name]
         raise PluginError(f"{path}: import failed: {error!r}") from error
     return module
+
+
+def _plugin_files(plugin_dirs: Sequence[str | Path]) -> list[Path]:
+    """List the `*.py` files of each folder, in lexical order per folder.
+
+    As root, raises PluginError naming every folder, file or symlink that
+    `untrusted_reasons` rejects, before any plugin is imported.
+    """
+    files: list[Path] = []
+    reasons: list[str] = []
+    as_root = os.geteuid() == 0
+    for directory in plugin_dirs:
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise PluginError(f"{folder}: plugin directory not found")
+        if as_root:
+            reasons.extend(untrusted_reasons(folder))
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("."):
+                continue
+            if as_root:
+                reasons.extend(untrusted_reasons(path))
+            files.append(path)
+    if reasons:
+        # Each file repeats the problems of the folders above it.
+        raise PluginError("\n".join(dict.fromkeys(reasons)))
+
+    return files
 
 
 def load_plugins(
@@ -229,9 +266,15 @@ def load_plugins(
     first, then the `*.py` files of each directory of `plugin_dirs` in
     lexical order, so a file can replace an installed function.
 
+    As root, every plugin folder and file, and each folder above them,
+    must be owned by root and not writable by others (see
+    `fleetd.config.trust`). Entry points are not checked, because they are
+    installed packages of the Python environment.
+
     Raises:
-        PluginError: a plugin that cannot be imported or declares bad specs;
-            the message names the entry point or file.
+        PluginError: a plugin that cannot be imported or declares bad specs,
+            or, as root, a plugin folder or file that others could change.
+            The message names the entry point, folder or file.
     """
     registry = Registry.default()
     if entry_points:
@@ -245,12 +288,6 @@ def load_plugins(
                 except Exception as error:
                     raise PluginError(f"{source}: import failed: {error!r}") from error
                 _add_specs(registry, source, loaded)
-    for directory in plugin_dirs:
-        folder = Path(directory)
-        if not folder.is_dir():
-            raise PluginError(f"{folder}: plugin directory not found")
-        for path in sorted(folder.glob("*.py")):
-            if path.name.startswith("."):
-                continue
-            _add_specs(registry, str(path), _load_file(path))
+    for path in _plugin_files(plugin_dirs):
+        _add_specs(registry, str(path), _load_file(path))
     return registry

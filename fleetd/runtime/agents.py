@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from fleetd.config.model import Config
+from fleetd.config.trust import untrusted_reasons
 from fleetd.lang import AgentCache, AgentError, Registry, Scope, Value
 from fleetd.lang.ast import Agent, Phase
 from fleetd.runtime.interpreter import RunState
@@ -100,7 +102,11 @@ class AgentLoader:
             return tuple(str(error).splitlines()) or (f"{path}:1:1: invalid agent",)
 
     def load(self, config: Config, previous: AgentSet | None = None) -> AgentSet:
-        """Load every agent file of `config`; see the module docstring."""
+        """Load every agent file of `config`; see the module docstring.
+
+        As root, a file that `untrusted_reasons` rejects is not read, and
+        its reasons are listed in the errors.
+        """
         globals_key = _globals_key(config.globals)
         agents: dict[str, LoadedAgent] = {}
         errors: list[str] = []
@@ -110,7 +116,15 @@ class AgentLoader:
                 loaded.agent.path: loaded for loaded in previous.agents.values()
             }
         live: set[tuple[Path, str, str]] = set()
+        as_root = os.geteuid() == 0
         for path in config.agent_files:
+            # `load_config` checks the conf dir's agents, but `once -f` adds
+            # files from anywhere, so every file is checked here.
+            reasons = untrusted_reasons(path) if as_root else []
+            if reasons:
+                errors.extend(reasons)
+                logger.error("agent_invalid", file=str(path), errors=reasons)
+                continue
             parsed = self._parse(path)
             if isinstance(parsed, tuple):
                 errors.extend(parsed)

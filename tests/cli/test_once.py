@@ -330,6 +330,21 @@ def test_root_rejects_writable_agent_file(site: Site, reports) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_rejects_file_in_writable_folder(site: Site) -> None:
+    shared = site.root / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    agent = shared / "loose.agent"
+    agent.write_text("NAME Loose\nMNEMONIC loose\nECHO loose-ran\n")
+    agent.chmod(0o644)
+    result = site.run("once", "-f", str(agent))
+    assert result.returncode == 2
+    assert f"{shared}: folder is group- or world-writable (mode 0777)" in result.stderr
+    assert f"run chmod go-w {shared}" in result.stderr
+    assert "loose-ran" not in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_root_rejects_foreign_toml_file(site: Site) -> None:
     path = site.write("50-x.toml", "[globals]\nx = 1\n")
     os.chown(path, 4242, 4242)

@@ -22,16 +22,13 @@ def errors_of(conf_dir: Path) -> list[str]:
         (
             '[daemon]\nmax_concurrency = "lots"\n',
             (
-                "daemon.max_concurrency: expected a whole number, at least 1, "
+                "daemon.max_concurrency: expected a whole number of at least 1, "
                 "got a string ('lots')"
             ),
         ),
         (
             "[daemon]\nmax_concurrency = 0\n",
-            (
-                "daemon.max_concurrency: expected a whole number, at least 1, "
-                "got a whole number (0)"
-            ),
+            "daemon.max_concurrency: expected a whole number of at least 1, got 0",
         ),
         (
             '[daemon]\ninterval = "5 minutes"\n',
@@ -39,6 +36,14 @@ def errors_of(conf_dir: Path) -> list[str]:
                 'daemon.interval: expected a duration such as "250ms", "30s", "5m" '
                 "or \"1h30m\", got '5 minutes'"
             ),
+        ),
+        (
+            "[daemon]\nmax_concurrency = -3\n",
+            "daemon.max_concurrency: expected a whole number of at least 1, got -3",
+        ),
+        (
+            '[workflows.req]\nkind = "spool"\npath = ""\n',
+            "workflows.req.path: expected a folder path, got ''",
         ),
         (
             "[daemon]\nsplay = -1\n",

@@ -105,6 +105,13 @@ def test_bad_header_values() -> None:
     assert found[3].startswith("t.agent:5:9: TIMEOUT: invalid duration")
 
 
+def test_zero_durations_rejected() -> None:
+    found = errors("NAME x\nMNEMONIC x\nSCHEDULE every 0s\nTIMEOUT 0s\n")
+    assert found[0] == "t.agent:3:10: SCHEDULE: the interval must be longer than 0"
+    assert found[1] == "t.agent:4:9: TIMEOUT: the limit must be longer than 0"
+    assert len(found) == 2
+
+
 def test_header_after_command() -> None:
     found = errors(HEADER + "ECHO hi\nWORKFLOW late\n")
     assert found == [
