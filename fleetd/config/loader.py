@@ -107,6 +107,11 @@ def load_config(conf_dir: str | Path) -> Config:
         raise ConfigError(list(dict.fromkeys(errors)))
     assert config is not None
 
+    # A state file kept in the conf dir (`state = "state.db"` in a drop-in)
+    # is fleetd's own, not a stray file to warn about at every load.
+    state_files = _state_files(config.daemon.state)
+    ignored = [entry for entry in ignored if entry[0] not in state_files]
+
     return Config(
         conf_dir=config.conf_dir,
         daemon=config.daemon,
@@ -119,6 +124,18 @@ def load_config(conf_dir: str | Path) -> Config:
 
 
 # -- listing and file checks -------------------------------------------------
+
+
+def _state_files(state: str) -> set[Path]:
+    """Return the SQLite state file and its journals, or nothing for others."""
+    if not state.startswith("sqlite:////"):
+        return set()
+    database = Path(state.removeprefix("sqlite:///"))
+
+    return {
+        database,
+        *(Path(f"{database}{end}") for end in ("-wal", "-shm", "-journal")),
+    }
 
 
 def _list_drop_ins(

@@ -82,6 +82,18 @@ def test_other_files_reported_and_ignored(conf_dir: Path, write) -> None:
     assert config.agent_files == (conf_dir / "a.agent", conf_dir / "b.agent")
 
 
+def test_state_file_in_conf_dir_not_reported(conf_dir: Path, write) -> None:
+    write("00-daemon.toml", '[daemon]\nstate = "state.db"\n')
+    for name in ("state.db", "state.db-wal", "state.db-shm", "notes.txt"):
+        write(name, "")
+
+    config = load_config(conf_dir)
+
+    assert dict(config.ignored) == {
+        conf_dir / "notes.txt": "neither *.toml nor *.agent"
+    }
+
+
 def test_relative_paths_resolve_against_file(conf_dir: Path, write) -> None:
     write(
         "00-paths.toml",
