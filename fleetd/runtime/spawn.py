@@ -4,9 +4,10 @@ Design note. `loop.subprocess_exec` and `asyncio.create_subprocess_exec`
 go through `subprocess.Popen`, a pipe transport per stream and a child
 watcher, which is several hundred microseconds of Python per program.
 This module does the least a program needs: two pipes, `os.posix_spawn`
-(glibc spawns with CLONE_VFORK, so the loop waits only until the child
-has called exec), a pidfd for its exit, and the three descriptors in one
-epoll instance per event loop, which the loop watches as one descriptor. In scripts/bench/engine.py on 2 CPUs it started 1.2 times as
+and a pidfd for the program's exit. glibc spawns with CLONE_VFORK, so the
+loop waits only until the child has called exec. The three descriptors
+go into one epoll instance per event loop, which the loop watches as one
+descriptor. In scripts/bench/engine.py on 2 CPUs it started 1.2 times as
 many /bin/true per second as `create_subprocess_exec` one at a time, and
 1.5 times as many with 8 at once.
 
@@ -62,8 +63,8 @@ class _Watcher:
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
         loop.add_reader(self.epoll.fileno(), self._dispatch)
-        # Closed with the loop's last reference, since a closed loop calls
-        # no reader and no hook tells this module it closed.
+        # Closed with the loop's last reference, because a closed loop
+        # calls no reader and has no hook that reports its closing.
         weakref.finalize(loop, self.epoll.close)
 
     def add(self, fd: int, handler: Callable[[], None]) -> None:
@@ -98,7 +99,7 @@ def _environment() -> Mapping[Any, Any]:
 
     `os.environ` decodes every name and value on each pass, which took a
     third of the time of posix_spawn for /bin/true. Its dict of bytes
-    (`_data`, present since Python 3.2 on POSIX) holds the same entries,
+    (`_data`, present since Python 3.2 on POSIX) contains the same entries,
     changes included, and iterates in C.
     """
     return getattr(os.environ, "_data", os.environ)
