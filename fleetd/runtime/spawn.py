@@ -18,8 +18,10 @@ another while still registered with the loop. One thread rules that out.
 What `subprocess.Popen` would otherwise do is done here too: stdin is
 /dev/null, the program starts in a new session (so its group can be
 killed), SIGPIPE and SIGXFSZ are reset to their defaults and no signal is
-blocked, and descriptors other than 0, 1 and 2 are not inherited (Python
-opens its own with O_CLOEXEC, and so does SQLite). `posix_spawn` has no
+blocked, and descriptors other than 0, 1 and 2 are not inherited. Python
+opens its own with O_CLOEXEC, and so does SQLite; descriptors that
+fleetd itself inherited open are marked close-on-exec before the first
+program starts. `posix_spawn` has no
 working-directory action before Python 3.13, so programs start in the
 daemon's directory.
 
@@ -185,6 +187,34 @@ class SpawnedProgram:
             self._close_pipe(stream, None)
 
 
+_inherited_closed = False
+
+
+def _close_inherited_on_exec() -> None:
+    """Mark every descriptor above 2 close-on-exec, once per process.
+
+    `subprocess.Popen` closes them in the child (`close_fds`); posix_spawn
+    cannot, so a descriptor that fleetd's parent left open (a pipe to a
+    supervisor, say) would reach every program, and a program that stays
+    in the background would hold it open.
+    """
+    global _inherited_closed
+    if _inherited_closed:
+        return
+    _inherited_closed = True
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # closed meanwhile (the listing's own descriptor)
+
+
 def start_program(
     protocol: asyncio.SubprocessProtocol,
     argv: Sequence[str],
@@ -197,6 +227,7 @@ def start_program(
     The caller must be on the running event loop's thread.
     """
     loop = asyncio.get_running_loop()
+    _close_inherited_on_exec()
     out_read, out_write = os.pipe()
     try:
         err_read, err_write = os.pipe()

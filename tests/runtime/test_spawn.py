@@ -11,7 +11,7 @@ import anyio
 import pytest
 import uvloop
 
-from fleetd.runtime import process
+from fleetd.runtime import process, spawn
 from fleetd.runtime.process import run_program
 
 SAFE_PATH = ("/usr/bin", "/bin")
@@ -71,6 +71,25 @@ async def test_program_state_is_reset() -> None:
     assert int(session) == result.pid
     assert not int(ignored.split()[1], 16) & (1 << (signal.SIGPIPE - 1))
     assert descriptor == "closed"
+
+
+async def test_inherited_descriptor_not_passed_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if fleetd's parent had left descriptor 101 open for it.
+    opened = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(opened, 101, inheritable=True)
+    monkeypatch.setattr(spawn, "_inherited_closed", False)
+    try:
+        result = await run_program(
+            ["sh", "-c", "[ -e /proc/$$/fd/101 ] && echo inherited || echo closed"],
+            safe_path=SAFE_PATH,
+        )
+    finally:
+        os.close(101)
+        os.close(opened)
+
+    assert result.output == ["closed"]
 
 
 def test_uvloop_runs_programs() -> None:
