@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fleetd.lang.ast import (
     And,
     Compare,
@@ -84,12 +86,8 @@ def evaluate(
         if left is None or right is None:
             return FALSE
         return TRUE if compare_values(expr.op, left, right) else FALSE
-    if isinstance(expr, And):
-        left = evaluate(expr.left, scope, registry, at)
-        return evaluate(expr.right, scope, registry, at) if truth(left) else left
-    if isinstance(expr, Or):
-        left = evaluate(expr.left, scope, registry, at)
-        return left if truth(left) else evaluate(expr.right, scope, registry, at)
+    if isinstance(expr, (And, Or)):
+        return _chain(expr, scope, registry, at)
     if isinstance(expr, Not):
         return FALSE if truth(evaluate(expr.operand, scope, registry, at)) else TRUE
     if isinstance(expr, FunctionCall):
@@ -125,6 +123,33 @@ def evaluate(
             scope.define(str(index), group)
         return TRUE
     raise EvaluationError(f"cannot evaluate {type(expr).__name__}")
+
+
+def _chain(
+    expr: And | Or, scope: Scope, registry: Registry, at: Location | None
+) -> Value:
+    """Evaluate a run of the same operator, `a OR b OR c`, without recursing.
+
+    The parser groups such a run to the left, one node per operator, so a
+    long run would otherwise take one Python frame per term. As in Perl,
+    the operand that decides is the result: the first false one for AND,
+    the first true one for OR, else the last.
+    """
+    kind = type(expr)
+    operands = []
+    node: Any = expr
+    while type(node) is kind:
+        operands.append(node.right)
+        node = node.left
+    operands.append(node)
+    operands.reverse()
+    stop_when_true = kind is Or
+    value: Value = None
+    for operand in operands:
+        value = evaluate(operand, scope, registry, at)
+        if truth(value) == stop_when_true:
+            return value
+    return value
 
 
 def _location(at: Location | None, column: int) -> Location | None:

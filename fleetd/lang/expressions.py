@@ -391,7 +391,13 @@ def _too_deep(item: Any) -> bool:
             return True
         if isinstance(node, tuple):
             stack.extend((element, depth) for element in node)
-        elif isinstance(node, (And, Or, Compare)):
+        elif isinstance(node, (And, Or)):
+            # A run of one operator is evaluated without recursing, so its
+            # left spine counts as one level.
+            same = type(node.left) is type(node)
+            stack.append((node.left, depth if same else depth + 1))
+            stack.append((node.right, depth + 1))
+        elif isinstance(node, Compare):
             stack.append((node.left, depth + 1))
             stack.append((node.right, depth + 1))
         elif isinstance(node, Not):

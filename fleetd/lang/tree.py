@@ -39,7 +39,17 @@ def function_calls(item: Any) -> Iterator[FunctionCall]:
         yield item
         for arg in item.args:
             yield from function_calls(arg)
-    elif isinstance(item, (And, Or, Compare)):
+    elif isinstance(item, (And, Or)):
+        # A run of one operator groups to the left: walk it without
+        # recursing once per term.
+        kind, operands = type(item), []
+        while type(item) is kind:
+            operands.append(item.right)
+            item = item.left
+        operands.append(item)
+        for operand in reversed(operands):
+            yield from function_calls(operand)
+    elif isinstance(item, Compare):
         yield from function_calls(item.left)
         yield from function_calls(item.right)
     elif isinstance(item, Not):

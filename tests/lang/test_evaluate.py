@@ -183,3 +183,26 @@ def test_scope_lookup_and_assign() -> None:
     assert "loop" not in outer.flatten()
     with pytest.raises(EvaluationError):
         inner.assign(("nothing", "field"), 1)
+
+
+@pytest.mark.parametrize(
+    ("x", "expected"),
+    [(0, 1), (1999, 1), (2000, "")],
+)
+def test_long_or_chain_evaluates(x: int, expected: object) -> None:
+    # Two thousand terms: evaluated without one Python frame per term.
+    chain = " OR ".join(f"x = {number}" for number in range(2000))
+
+    assert value(chain, {"x": x}) == expected
+
+
+def test_and_chain_returns_deciding_operand() -> None:
+    assert value('1 AND "a" AND 0 AND "b"') == 0
+    assert value('1 AND "a" AND "b"') == "b"
+    assert value('"" OR 0 OR "c" OR "d"') == "c"
+    assert value('"" OR 0') == 0
+
+
+def test_mixed_chain_keeps_precedence() -> None:
+    # AND binds tighter than OR: 0 OR (1 AND 0) OR (1 AND 2).
+    assert value("0 OR 1 AND 0 OR 1 AND 2") == 2

@@ -521,3 +521,12 @@ def test_option_if_without_text() -> None:
             "t.agent:4:1: OPTION_IF needs text after its condition",
             "t.agent:5:1: OPTION_IF needs text after its condition",
         ]
+
+
+def test_long_flat_condition_accepted() -> None:
+    # A run of one operator is a single level of nesting.
+    chain = " OR ".join(f'this.group = "g{number}"' for number in range(500))
+
+    agent = parse("REQUIRE " + chain + "\n")
+
+    assert len(agent.commands) == 1
