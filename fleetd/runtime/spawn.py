@@ -36,6 +36,7 @@ with the transport methods `run_program` uses. It needs `os.pidfd_open`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import os
 import select
@@ -63,15 +64,24 @@ class _Watcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.epoll = select.epoll()
-        self.handlers: dict[int, Callable[[], None]] = {}
+        # Descriptor -> (handler, the context of the run that registered it).
+        self.handlers: dict[int, tuple[Callable[[], None], contextvars.Context]] = {}
         loop.add_reader(self.epoll.fileno(), self._dispatch)
         # Closed with the loop's last reference, because a closed loop
         # calls no reader and has no hook that reports its closing.
         weakref.finalize(loop, self.epoll.close)
 
-    def add(self, fd: int, handler: Callable[[], None]) -> None:
+    def add(
+        self, fd: int, handler: Callable[[], None], context: contextvars.Context
+    ) -> None:
+        """Call `handler` in `context` whenever `fd` is readable.
+
+        The loop runs `_dispatch` in the context of whichever task made this
+        watcher, so each handler needs the context of its own run: the
+        events it logs carry that run's record and run id.
+        """
         self.epoll.register(fd, select.EPOLLIN)
-        self.handlers[fd] = handler
+        self.handlers[fd] = (handler, context)
 
     def remove(self, fd: int) -> None:
         self.epoll.unregister(fd)
@@ -79,9 +89,10 @@ class _Watcher:
 
     def _dispatch(self) -> None:
         for fd, _events in self.epoll.poll(0):
-            handler = self.handlers.get(fd)
-            if handler is not None:
-                handler()
+            entry = self.handlers.get(fd)
+            if entry is not None:
+                handler, context = entry
+                context.run(handler)
 
 
 _watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watcher] = (
@@ -128,9 +139,10 @@ class SpawnedProgram:
         self.returncode: int | None = None
         self.closed = False
         self.pidfd = pidfd
-        watcher.add(pidfd, self._reap)
+        context = contextvars.copy_context()
+        watcher.add(pidfd, self._reap, context)
         for stream, fd in pipes.items():
-            watcher.add(fd, functools.partial(self._read, stream, fd))
+            watcher.add(fd, functools.partial(self._read, stream, fd), context)
 
     def _read(self, stream: int, fd: int) -> None:
         try:

@@ -460,3 +460,28 @@ async def test_backtracking_pattern_fails_requirement(
         "took longer than 1 s" in str(event.get("error")) for event in events
     )
     assert by_record["plain"].outcome is Outcome.COMMITTED
+
+
+async def test_program_output_logged_under_own_run(fleet: Fleet, events: list) -> None:
+    for name in ("ann", "bob", "cyd"):
+        fleet.record(name, status="approved")
+    fleet.agent(
+        """
+        NAME     Echo
+        MNEMONIC echo
+        WORKFLOW requests
+        CONCURRENCY 3
+        EXEC_COMMAND echo ${this.id}
+        """
+    )
+    agents = fleet.load()
+    async with fleet.engine() as engine:
+        reports = await engine.run_cycle(agents.agents["Echo"])
+
+    run_ids = {report.record: report.run_id for report in reports}
+    lines = [event for event in events if event["event"] == "program_output"]
+    assert sorted(event["line"] for event in lines) == ["ann", "bob", "cyd"]
+    for event in lines:
+        assert event["record"] == event["line"]
+        assert event["run_id"] == run_ids[event["line"]]
+        assert event["phase"] == "run"
