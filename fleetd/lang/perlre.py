@@ -137,6 +137,51 @@ def _translate_class(pattern: str, index: int, out: list[str]) -> int:
     raise PatternError("unterminated character class [ ]")
 
 
+_QUANTIFIER_RE = re.compile(r"\{(?:\d+(?:,\d*)?|,\d+)\}")
+# Letters whose escape means something else in Perl than in the regex
+# module (or nothing in Perl), so a pattern using them fails at load.
+_UNSUPPORTED_ESCAPES = frozenset("mMjJiIyYlLuUFO")
+_BACKREFERENCE_RE = re.compile(r"\\g(?:(\d+)|\{(-?\w+)\})")
+_OCTAL_RE = re.compile(r"\\o\{([0-7]+)\}")
+
+
+def _perl_escape(pattern: str, index: int) -> tuple[str, int]:
+    """Translate `\\N`, `\\g`, `\\c`, `\\e` or `\\o` at `index`.
+
+    Returns the Python form and the index after the escape; raises
+    PatternError for an escape that has no equal meaning in both engines.
+    """
+    escaped = pattern[index + 1]
+    if escaped == "N":
+        if pattern.startswith("{", index + 2):
+            # A named character, \N{NAME}, means the same in both.
+            end = pattern.find("}", index + 3)
+            if end < 0:
+                raise PatternError("unterminated \\N{NAME}")
+            return pattern[index : end + 1], end + 1
+        return "[^\\n]", index + 2
+    if escaped == "e":
+        return "\\x1b", index + 2
+    if escaped == "c" and index + 2 < len(pattern):
+        control = chr(ord(pattern[index + 2].upper()) ^ 0x40)
+        return re.escape(control), index + 3
+    if escaped == "o":
+        match = _OCTAL_RE.match(pattern, index)
+        if match is not None:
+            return f"\\U{int(match.group(1), 8):08x}", match.end()
+    if escaped == "g":
+        match = _BACKREFERENCE_RE.match(pattern, index)
+        if match is not None:
+            target = match.group(1) or match.group(2)
+            if target.startswith("-"):
+                raise PatternError(
+                    "relative backreferences such as \\g{-1} are not supported"
+                )
+            text = f"(?:\\{target})" if target.isdigit() else f"(?P={target})"
+            return text, match.end()
+    raise PatternError(f"\\{escaped} is not supported")
+
+
 def translate(pattern: str) -> str:
     """Return the Python form of the Perl `pattern`.
 
@@ -179,9 +224,26 @@ def translate(pattern: str) -> str:
                 out.append(f"(?P={pattern[index + 3 : end]})")
                 index = end + 1
                 continue
+            elif escaped in "pP" and pattern.startswith("{", index + 2):
+                end = pattern.find("}", index + 3)
+                if end < 0:
+                    raise PatternError(f"unterminated \\{escaped}{{...}}")
+                out.append(pattern[index : end + 1])
+                index = end + 1
+                continue
+            elif escaped in "Ngceo" or escaped in _UNSUPPORTED_ESCAPES:
+                text, index = _perl_escape(pattern, index)
+                out.append(text)
+                continue
             else:
                 out.append(pattern[index : index + 2])
             index += 2
+            continue
+        if char == "{" and not _QUANTIFIER_RE.match(pattern, index):
+            # Perl reads a brace that starts no quantifier as itself; the
+            # regex module would read some of them as fuzzy matching.
+            out.append(r"\{")
+            index += 1
             continue
         if char == "[":
             index = _translate_class(pattern, index, out)

@@ -44,6 +44,16 @@ CASES = [
     (r"^\p{L}+$", "", "abc"),
     (r"\p{Lu}", "", "abCd"),
     (r"a(?i:B)c", "", "abc"),
+    (r"^\N$", "", "x"),
+    (r"^\N$", "", "\n"),
+    (r"^(a)\g1$", "", "aa"),
+    (r"^(a)\g{1}$", "", "aa"),
+    (r"^(?<n>a)\g{n}$", "", "aa"),
+    (r"^\e$", "", "\x1b"),
+    (r"^\o{101}$", "", "A"),
+    (r"^(?:abc){e<=1}$", "", "abd"),
+    (r"^a{e<=1}$", "", "a{e<=1}"),
+    (r"^a{,2}b$", "", "aab"),
 ]
 
 
@@ -92,6 +102,8 @@ def test_translation_matches_perl(pattern: str, flags: str, subject: str) -> Non
         ("[abc", "", "unterminated character class"),
         (r"\x{110000}", "", "character code 110000 is out of range"),
         ("a(?i)b", "", "inline flags such as (?i) are supported only at the start"),
+        (r"\mword", "", r"\m is not supported"),
+        (r"(a)\g{-1}", "", "relative backreferences such as"),
         (
             r"\p{NoSuchProperty}",
             "",
