@@ -1,5 +1,5 @@
 """Allow `python -m fleetd`, the same as the `fleetd` command."""
 
-from fleetd.cli import main
+from fleetd.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -38,9 +38,14 @@ def _record(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def deferred(
     signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+    *,
+    restore: bool = True,
 ) -> Iterator[None]:
     """Record `signals` instead of acting on them; restore the handlers on exit.
 
+    With `restore=False` the signals stay recorded, and dropped, after the
+    block too: for a process that exits right after it, so that a signal
+    in its last moments does not end it with 128 + the signal number.
     Outside the main thread, where Python cannot set signal handlers, this
     does nothing.
     """
@@ -53,8 +58,10 @@ def deferred(
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if restore:
+            for signum, handler in previous.items():
+                handler = handler if handler is not None else signal.SIG_DFL
+                signal.signal(signum, handler)
         _pending.clear()
 
 

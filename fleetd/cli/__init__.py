@@ -16,11 +16,22 @@ from fleetd.cli.common import CommandFailed
 from fleetd.cli.exits import EXIT_USAGE
 from fleetd.cli.parser import build_parser
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line `argv` (default: `sys.argv[1:]`); return the exit status."""
+def entry() -> None:
+    """Run the `fleetd` command and exit with its status."""
+    raise SystemExit(main(exiting=True))
+
+
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run the command line `argv` (default: `sys.argv[1:]`); return the exit status.
+
+    `exiting` tells that the process exits right after: the signals that
+    `run` and `once` stop on are then not given back their default action,
+    which would end the process with 128 + the signal number on its way
+    out.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -38,13 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # get recorded, so a stop or reload during startup neither kills the
     # process nor is lost. SIGHUP reloads the daemon and stops `once`.
     deferred: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-    if args.command == "run":
+    if args.command in ("run", "once"):
         deferred = deferred_signals.deferred(
-            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        )
-    elif args.command == "once":
-        deferred = deferred_signals.deferred(
-            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP), restore=not exiting
         )
     try:
         with deferred:
