@@ -23,6 +23,7 @@ def run_script(restore: bool) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
 
 
