@@ -255,10 +255,19 @@ class Engine:
             self._preparing.add(preparing)
             try:
                 workflow = self.workflow(agent.workflow)
+                # A record whose abandoned lock this cycle resolved has its
+                # outcome, interrupted, and is not reported a second time.
+                recovered: set[str] = set()
                 if not self.pretend:
                     for report in await self._recover(workflow):
                         publish(report)
+                        if report.mnemonic == agent.mnemonic and report.record:
+                            recovered.add(report.record)
                 records = await workflow.records()
+                if recovered:
+                    records = [
+                        record for record in records if record.id not in recovered
+                    ]
                 settings = self._settings()
                 if self.pretend:
                     settings.marks = {
