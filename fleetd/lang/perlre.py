@@ -6,7 +6,9 @@ With `re`, a pattern that backtracks catastrophically on a record value,
 such as `/^(a|aa)+$/` on forty a's and a "!", held the event loop until
 it finished, and with it every agent, lease renewal and the watchdog.
 `search` and `substitute` stop a match after `MATCH_TIMEOUT` seconds and
-raise `PatternTimeout`.
+raise `PatternTimeout`. Inside `match_budget` (one command's evaluation)
+that time is shared by every match, so a function that matches a list of
+values cannot take a second per value.
 
 FleetConf agents write Perl patterns (`/re/flags`). Most of the syntax is
 shared; this module rewrites what differs and rejects what Python cannot
@@ -26,14 +28,46 @@ express, so a pattern fails at load rather than matching differently:
 
 from __future__ import annotations
 
+import contextvars
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
 import regex
 
-#: Seconds one match of an agent's pattern may take.
+#: Seconds one match of an agent's pattern, or all the matches of one
+#: command inside `match_budget`, may take.
 MATCH_TIMEOUT = 1.0
+
+# Monotonic time at which the matches of the current command must end.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "fleetd_match_deadline", default=None
+)
+
+
+def start_match_budget() -> contextvars.Token[float | None]:
+    """Give the matches that follow `MATCH_TIMEOUT` seconds in all.
+
+    Pass the token to `end_match_budget` when the command's evaluation ends.
+    """
+    return _deadline.set(time.monotonic() + MATCH_TIMEOUT)
+
+
+def end_match_budget(token: contextvars.Token[float | None]) -> None:
+    _deadline.reset(token)
+
+
+def _time_left() -> float:
+    """Return the seconds the next match may take; raise TimeoutError at 0."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return MATCH_TIMEOUT
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
 
 _FLAGS = {
     "i": regex.IGNORECASE,
@@ -285,15 +319,16 @@ class PatternTimeout(ValueError):
     def __init__(self, pattern: Any, length: int) -> None:
         super().__init__(
             f"regular expression /{pattern.pattern}/ took longer than"
-            f" {MATCH_TIMEOUT:g} s on a value of {length} characters;"
-            " it backtracks too much, so simplify it"
+            f" {MATCH_TIMEOUT:g} s, the time all matches of one command may"
+            f" take, on a value of {length} characters; it backtracks too"
+            " much, so simplify it"
         )
 
 
 def search(pattern: Any, text: str, position: int = 0) -> Any:
     """Return `pattern.search(text, position)`, stopped after `MATCH_TIMEOUT`."""
     try:
-        return pattern.search(text, position, timeout=MATCH_TIMEOUT)
+        return pattern.search(text, position, timeout=_time_left())
     except TimeoutError:
         raise PatternTimeout(pattern, len(text)) from None
 
@@ -303,7 +338,7 @@ def substitute(
 ) -> str:
     """Return `pattern.sub(replace, text, count)`, stopped after `MATCH_TIMEOUT`."""
     try:
-        return pattern.sub(replace, text, count=count, timeout=MATCH_TIMEOUT)
+        return pattern.sub(replace, text, count=count, timeout=_time_left())
     except TimeoutError:
         raise PatternTimeout(pattern, len(text)) from None
 

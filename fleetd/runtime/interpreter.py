@@ -50,6 +50,7 @@ from fleetd.lang.ast import (
     Template,
     When,
 )
+from fleetd.lang.perlre import end_match_budget, start_match_budget
 from fleetd.locks import Transaction
 from fleetd.runtime.logs import log_at
 from fleetd.runtime.process import KILL_GRACE, run_program
@@ -162,13 +163,20 @@ class RunCommandContext:
 
 
 def evaluate_value(expr: Any, scope: Scope, state: RunState, at: Location) -> Value:
-    """Evaluate an expression of the command at `at`; errors become `CommandError`."""
+    """Evaluate an expression of the command at `at`; errors become `CommandError`.
+
+    All regular expression matches of the evaluation share one time limit
+    (`fleetd.lang.perlre.MATCH_TIMEOUT`).
+    """
+    budget = start_match_budget()
     try:
         return evaluate(expr, scope, state.registry, at)
     except EvaluationError as error:
         raise CommandError(str(error)) from error
     except Exception as error:  # a broken function fails its command
         raise CommandError(f"{type(error).__name__}: {error}") from error
+    finally:
+        end_match_budget(budget)
 
 
 def interpolate_words(templates: Sequence[Template], scope: Scope) -> list[str]:
@@ -406,7 +414,7 @@ async def run_command(
     except CommandError as error:
         state.fail(command, str(error))
         return False
-    except Exception as error:  # noqa: BLE001 - a failure of any kind fails the command
+    except Exception as error:
         state.log.exception("command_crashed", command=command_text(command))
         state.fail(command, f"internal error: {type(error).__name__}: {error}")
         return False

@@ -484,3 +484,27 @@ async def test_program_output_logged_under_own_run(fleet: Fleet, events: list) -
         assert event["record"] == event["line"]
         assert event["run_id"] == run_ids[event["line"]]
         assert event["phase"] == "run"
+
+
+async def test_matches_of_one_command_share_time_limit(fleet: Fleet) -> None:
+    # Twenty values that each backtrack for about 0.4 s here, 8 s in all
+    # one after another: the command fails once its matches together have
+    # used one second.
+    fleet.record("many", status="approved", values=["a" * 30 + "!"] * 20)
+    fleet.agent(
+        """
+        NAME     Greedy
+        MNEMONIC greedy
+        WORKFLOW requests
+        SET this.found = grep("^(a|aa)+$", this.values)
+        """
+    )
+    agents = fleet.load()
+    started = anyio.current_time()
+    async with fleet.engine() as engine:
+        [report] = await engine.run_cycle(agents.agents["Greedy"])
+    elapsed = anyio.current_time() - started
+
+    assert report.outcome is Outcome.ERROR
+    assert "took longer than 1 s" in (report.reason or "")
+    assert elapsed < 5
