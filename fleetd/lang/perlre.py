@@ -343,6 +343,77 @@ def substitute(
         raise PatternTimeout(pattern, len(text)) from None
 
 
+#: Largest product of nested counted repetitions, as in (?:a{100}){1000}.
+#: The regex module expands nested counts when it compiles: a product of
+#: 10^6 took 0.5 s and 300 MB here, 10^5 took 0.07 s.
+MAX_REPEAT_PRODUCT = 100_000
+_COUNT_RE = re.compile(r"\{(\d*)(?:,(\d*))?\}")
+
+
+def _repeat_product(pattern: str) -> int:
+    """Return the largest product of counted repetitions nested in `pattern`.
+
+    `pattern` is in Python syntax. Escapes and character classes are
+    skipped; a count applies to the atom or group just before it, and an
+    open count such as {3,} counts as its lower bound.
+    """
+    groups: list[tuple[int, int]] = []  # (start, end) of each group
+    counts: list[tuple[int, int, int]] = []  # (start, end, count) of each repetition
+    open_groups: list[int] = []
+    last_start = 0
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        start = index
+        if char == "\\":
+            index += 2
+            if pattern[index - 1 : index] in ("p", "P", "N") and pattern.startswith(
+                "{", index
+            ):
+                index = pattern.find("}", index) + 1 or len(pattern)
+        elif char == "[":
+            index += 1
+            if pattern.startswith("^", index):
+                index += 1
+            if pattern.startswith("]", index):
+                index += 1
+            while index < len(pattern) and pattern[index] != "]":
+                index += 2 if pattern[index] == "\\" else 1
+            index += 1
+        elif char == "(":
+            open_groups.append(index)
+            index += 1
+            continue
+        elif char == ")":
+            index += 1
+            if open_groups:
+                start = open_groups.pop()
+                groups.append((start, index))
+        elif char == "{":
+            match = _COUNT_RE.match(pattern, index)
+            if match is not None:
+                low, high = match.group(1), match.group(2)
+                count = int(high) if high else int(low or 0)
+                counts.append((last_start, index, count))
+                index = match.end()
+                continue
+            index += 1
+        else:
+            index += 1
+        last_start = start
+    product = 1
+    for start, end, count in counts:
+        total = count
+        for group_start, group_end in groups:
+            if group_start < start and end <= group_end:
+                total *= next(
+                    (c for s, e, c in counts if s == group_start and e == group_end), 1
+                )
+        product = max(product, total)
+
+    return product
+
+
 def compile_regex(pattern: str, flags: int = 0) -> Any:
     """Compile a pattern in Python syntax with the `regex` module."""
     return regex.compile(pattern, flags | regex.V0)
@@ -361,8 +432,14 @@ def compile_perl(pattern: str, flags: str) -> Any:
                 f"unsupported regular expression flag {flag!r}; use i, m, s or x"
             )
         python_flags |= _FLAGS[flag]
+    translated = translate(pattern)
+    if _repeat_product(translated) > MAX_REPEAT_PRODUCT:
+        raise PatternError(
+            f"invalid regular expression /{pattern}/: nested repetition counts"
+            f" multiply to more than {MAX_REPEAT_PRODUCT:,}"
+        )
     try:
-        return compile_regex(translate(pattern), python_flags)
+        return compile_regex(translated, python_flags)
     except regex.error as error:
         raise PatternError(
             f"invalid regular expression /{pattern}/: {error.msg}"

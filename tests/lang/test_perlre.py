@@ -54,6 +54,7 @@ CASES = [
     (r"^(?:abc){e<=1}$", "", "abd"),
     (r"^a{e<=1}$", "", "a{e<=1}"),
     (r"^a{,2}b$", "", "aab"),
+    (r"^(?:a{10}){100}$", "", "a" * 1000),
 ]
 
 
@@ -103,6 +104,12 @@ def test_translation_matches_perl(pattern: str, flags: str, subject: str) -> Non
         (r"\x{110000}", "", "character code 110000 is out of range"),
         ("a(?i)b", "", "inline flags such as (?i) are supported only at the start"),
         (r"\mword", "", r"\m is not supported"),
+        (
+            "(?:a{1000}){10000}",
+            "",
+            "invalid regular expression /(?:a{1000}){10000}/: nested repetition"
+            " counts multiply to more than 100,000",
+        ),
         (r"(a)\g{-1}", "", "relative backreferences such as"),
         (
             r"\p{NoSuchProperty}",
