@@ -107,8 +107,10 @@ def test_translation_matches_perl(pattern: str, flags: str, subject: str) -> Non
         (
             "(?:a{1000}){10000}",
             "",
-            "invalid regular expression /(?:a{1000}){10000}/: nested repetition"
-            " counts multiply to more than 100,000",
+            (
+                "invalid regular expression /(?:a{1000}){10000}/: nested"
+                " repetition counts multiply to more than 100,000"
+            ),
         ),
         (r"(a)\g{-1}", "", "relative backreferences such as"),
         (
