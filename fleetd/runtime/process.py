@@ -464,6 +464,9 @@ async def run_program(
         return result
     except OSError as error:
         result.error = f"cannot start {words[0]}: {error.strerror or error}"
+        missing = _missing_interpreter(executable, error)
+        if missing is not None:
+            result.error += f" (its interpreter {missing} was not found)"
         return result
 
     pid = transport.get_pid()
@@ -495,6 +498,29 @@ async def run_program(
         result.output = list(capture)
 
     return result
+
+
+def _missing_interpreter(executable: str, error: OSError) -> str | None:
+    """Return the `#!` interpreter that made exec fail with ENOENT, if any.
+
+    The kernel reports a script whose interpreter is missing as "No such
+    file or directory", although the script itself exists.
+    """
+    if not isinstance(error, FileNotFoundError) or not os.path.isfile(executable):
+        return None
+    try:
+        with open(executable, "rb") as script:
+            first = script.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].split()
+    if not words:
+        return None
+    interpreter = os.fsdecode(words[0])
+
+    return None if os.path.exists(interpreter) else interpreter
 
 
 class _LazyBound:

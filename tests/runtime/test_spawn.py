@@ -156,3 +156,17 @@ async def test_program_moved_within_safe_path(tmp_path: Path) -> None:
     assert first.output == ["a"]
     assert second.returncode == 0
     assert second.output == ["a"]
+
+
+async def test_missing_interpreter_named(tmp_path: Path) -> None:
+    script = tmp_path / "tool"
+    script.write_text("#!/nonexistent/sh\necho hi\n")
+    script.chmod(0o755)
+
+    result = await run_program([str(script)], safe_path=SAFE_PATH)
+
+    assert result.returncode is None
+    assert result.error == (
+        f"cannot start {script}: No such file or directory"
+        " (its interpreter /nonexistent/sh was not found)"
+    )
