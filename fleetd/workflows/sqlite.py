@@ -97,19 +97,24 @@ class SqliteWorkflow:
         records = []
         ids: dict[str, Any] = {}
         for number, row in enumerate(rows, 1):
-            fields = dict(row)
+            # A BLOB is read as text too, so a BLOB id or field that holds
+            # UTF-8 reads as its text rather than as Python's b'...' form.
+            fields = {
+                column: _decode_text(value) if isinstance(value, bytes) else value
+                for column, value in dict(row).items()
+            }
             if self.id_column not in fields:
                 raise WorkflowError(
                     f"sqlite workflow {self.name}: table {self.table} has no "
                     f"column {self.id_column}"
                 )
-            raw_id = fields[self.id_column]
+            raw_id = row[self.id_column]
             if raw_id is None:
                 records.append(
                     Record(id=f"row {number}", invalid=f"{self.id_column} is NULL")
                 )
                 continue
-            record_id = str(raw_id)
+            record_id = str(fields[self.id_column])
             problem = _undecodable_column(fields)
             if problem is None:
                 problem = id_problem(record_id)

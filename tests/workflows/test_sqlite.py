@@ -122,3 +122,33 @@ async def test_open_workflow_builds_sqlite(database: Path) -> None:
     workflow = open_workflow(settings)
     assert workflow.kind == "sqlite"
     assert len(await workflow.records()) == 3
+
+
+async def test_blob_values_read_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "blobs.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE items (id BLOB, name BLOB, state TEXT)")
+        connection.executemany(
+            "INSERT INTO items VALUES (?, ?, ?)",
+            [
+                (b"alpha", "caf\u00e9".encode(), "new"),
+                (b"beta", b"\x00\xff", "new"),
+            ],
+        )
+    connection.close()
+    workflow = SqliteWorkflow("db", path, "items")
+
+    alpha, beta = await workflow.records()
+    await workflow.commit(alpha, {"state": "done"})
+
+    assert alpha.id == "alpha"
+    assert alpha.fields["name"] == "caf\u00e9"
+    assert alpha.invalid is None
+    assert beta.id == "beta"
+    assert beta.invalid == "column name: not valid UTF-8 text (byte 0xFF at offset 1)"
+    with sqlite3.connect(path) as connection:
+        states = connection.execute(
+            "SELECT id, state FROM items ORDER BY id"
+        ).fetchall()
+    connection.close()
+    assert states == [(b"alpha", "done"), (b"beta", "new")]
