@@ -15,10 +15,10 @@ Everything happens on the event loop's thread. With spawns on a thread
 pool, uvloop once found a descriptor that one thread had closed reused by
 another while still registered with the loop. One thread rules that out.
 
-What `subprocess.Popen` would otherwise do is done here too: stdin is
-/dev/null, the program starts in a new session (so its group can be
-killed), SIGPIPE and SIGXFSZ are reset to their defaults and no signal is
-blocked, and descriptors other than 0, 1 and 2 are not inherited. Python
+What `subprocess.Popen` would otherwise do is done here too. stdin is
+/dev/null, and the program starts in a new session, so its group can be
+killed. SIGPIPE and SIGXFSZ are reset to their defaults and no signal is
+blocked. Descriptors other than 0, 1 and 2 are not inherited. Python
 opens its own with O_CLOEXEC, and so does SQLite; descriptors that
 fleetd itself inherited open are marked close-on-exec before the first
 program starts. `posix_spawn` has no
@@ -205,10 +205,10 @@ _inherited_closed = False
 def _close_inherited_on_exec() -> None:
     """Mark every descriptor above 2 close-on-exec, once per process.
 
-    `subprocess.Popen` closes them in the child (`close_fds`); posix_spawn
-    cannot, so a descriptor that fleetd's parent left open (a pipe to a
-    supervisor, say) would reach every program, and a program that stays
-    in the background would hold it open.
+    `subprocess.Popen` closes them in the child (`close_fds`), which
+    posix_spawn cannot do. Without this, a descriptor that fleetd's parent
+    left open (a pipe to a supervisor, say) would reach every program, and
+    a program that stays in the background would keep it open.
     """
     global _inherited_closed
     if _inherited_closed:

@@ -97,7 +97,7 @@ class SqliteWorkflow:
         records = []
         ids: dict[str, Any] = {}
         for number, row in enumerate(rows, 1):
-            # A BLOB is read as text too, so a BLOB id or field that holds
+            # A BLOB is read as text too, so a BLOB id or field that contains
             # UTF-8 reads as its text rather than as Python's b'...' form.
             fields = {
                 column: _decode_text(value) if isinstance(value, bytes) else value
