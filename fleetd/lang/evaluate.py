@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fleetd.lang.ast import (
     And,
     Compare,
@@ -23,6 +21,7 @@ from fleetd.lang.errors import EvaluationError
 from fleetd.lang.perlre import PatternTimeout, search
 from fleetd.lang.registry import Registry
 from fleetd.lang.scope import Scope
+from fleetd.lang.tree import chain_operands
 from fleetd.lang.values import (
     Value,
     compare_values,
@@ -130,22 +129,12 @@ def _chain(
 ) -> Value:
     """Evaluate a run of the same operator, `a OR b OR c`, without recursing.
 
-    The parser groups such a run to the left, one node per operator, so a
-    long run would otherwise take one Python frame per term. As in Perl,
-    the operand that decides is the result: the first false one for AND,
-    the first true one for OR, else the last.
+    As in Perl, the operand that decides is the result: the first false one
+    for AND, the first true one for OR, else the last.
     """
-    kind = type(expr)
-    operands = []
-    node: Any = expr
-    while type(node) is kind:
-        operands.append(node.right)
-        node = node.left
-    operands.append(node)
-    operands.reverse()
-    stop_when_true = kind is Or
+    stop_when_true = isinstance(expr, Or)
     value: Value = None
-    for operand in operands:
+    for operand in chain_operands(expr):
         value = evaluate(operand, scope, registry, at)
         if truth(value) == stop_when_true:
             return value

@@ -401,14 +401,14 @@ def _repeat_product(pattern: str) -> int:
         else:
             index += 1
         last_start = start
+    # A count right after a group repeats the whole group.
+    group_counts = {(start, end): count for start, end, count in counts}
     product = 1
     for start, end, count in counts:
         total = count
         for group_start, group_end in groups:
             if group_start < start and end <= group_end:
-                total *= next(
-                    (c for s, e, c in counts if s == group_start and e == group_end), 1
-                )
+                total *= group_counts.get((group_start, group_end), 1)
         product = max(product, total)
 
     return product

@@ -33,6 +33,24 @@ def suggest_name(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {matches[0]!r}?" if matches else ""
 
 
+def chain_operands(node: And | Or) -> list[Any]:
+    """Return the operands of a run of one operator, `a OR b OR c`, in order.
+
+    The parser groups such a run to the left, one node per operator; this
+    walks it in a loop, so a long run takes no Python frame per term.
+    """
+    kind = type(node)
+    operands = []
+    item: Any = node
+    while type(item) is kind:
+        operands.append(item.right)
+        item = item.left
+    operands.append(item)
+    operands.reverse()
+
+    return operands
+
+
 def function_calls(item: Any) -> Iterator[FunctionCall]:
     """Yield every function call inside a parsed form, outermost first."""
     if isinstance(item, FunctionCall):
@@ -40,14 +58,7 @@ def function_calls(item: Any) -> Iterator[FunctionCall]:
         for arg in item.args:
             yield from function_calls(arg)
     elif isinstance(item, (And, Or)):
-        # A run of one operator groups to the left: walk it without
-        # recursing once per term.
-        kind, operands = type(item), []
-        while type(item) is kind:
-            operands.append(item.right)
-            item = item.left
-        operands.append(item)
-        for operand in reversed(operands):
+        for operand in chain_operands(item):
             yield from function_calls(operand)
     elif isinstance(item, Compare):
         yield from function_calls(item.left)
