@@ -1,9 +1,10 @@
 """The embedded state store: one SQLite file, shared by the processes of a host.
 
-Writes go through `BatchWriter` (one thread, group commit, WAL with
-`synchronous=FULL`), so a write is durable when its coroutine returns and
-the runs that resolve together share one fsync. Reads run on a second
-connection in a reader thread. Lease times come from this host's clock,
+Writes go through `BatchWriter` (group commit on the event loop, the WAL
+synced by a thread before a result is delivered), so a write is durable
+when its coroutine returns and the runs that resolve together share one
+fsync. Reads of one lock run at once on the write connection; other reads
+run on a second connection in a reader thread. Lease times come from this host's clock,
 which every process sharing the file also uses.
 """
 
@@ -126,8 +127,8 @@ class SQLiteStore:
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="fleetd-sqlite-reader")
-        self._writer.start()
         try:
+            await self._writer.start()
             await self._writer.submit(migrate)
         except BaseException:
             await self.close()
@@ -286,7 +287,9 @@ class SQLiteStore:
                 now,
             )
 
-        await await_detached(self._writer.submit(operation), self._tasks)
+        # A resolution is not urgent: it may wait a moment for a claim to
+        # share its commit and fsync.
+        await await_detached(self._writer.submit(operation, urgent=False), self._tasks)
 
     async def validate(self, grant: Grant) -> None:
         def read(connection: sqlite3.Connection) -> None:
@@ -297,7 +300,14 @@ class SQLiteStore:
             if row is None or row[8] != grant.token or row[10] < now:
                 raise LeaseLost(_lease_lost_message(grant, row, now))
 
-        await self._read(read)
+        # One row by key: read at once on the write connection; a busy
+        # file (WAL recovery by another process) is read in the thread.
+        try:
+            self._writer.read(read)
+        except sqlite3.Error as error:
+            if not is_transient(error):
+                raise
+            await self._read(read)
 
     async def abandoned(
         self, host: str, alive: Callable[[Owner], bool]
@@ -491,5 +501,3 @@ def _lease_lost_message(grant: Grant, row: Any, now: float) -> str:
         return f"lock on {record} has token {row[8]}, not {grant.token}"
 
     return f"lease on {record} expired {now - row[10]:.1f} s ago"
-
-

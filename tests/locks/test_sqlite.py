@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from fleetd.locks import (
     SchemaError,
     current_owner,
     open_store,
+    sqlite_writer,
     upgrade,
 )
 from fleetd.locks.sqlite import SQLiteStore
@@ -62,11 +64,78 @@ async def test_wal_and_full_sync(sqlite_store: SQLiteStore) -> None:
         connection.close()
 
 
-async def test_writer_uses_full_sync(sqlite_store: SQLiteStore) -> None:
-    def synchronous(connection: sqlite3.Connection) -> int:
-        return connection.execute("PRAGMA synchronous").fetchone()[0]
+async def test_result_waits_for_wal_sync(
+    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Statements run with synchronous=NORMAL; a result is delivered only
+    # after fdatasync of the WAL file returned, as synchronous=FULL would.
+    synced: list[str] = []
+    release = threading.Event()
+    real_fdatasync = os.fdatasync
 
-    assert await sqlite_store._writer.submit(synchronous) == 2  # FULL
+    def fdatasync(fd: int) -> None:
+        release.wait(5)
+        real_fdatasync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(sqlite_writer.os, "fdatasync", fdatasync)
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    begin = asyncio.ensure_future(
+        locks.begin(LockKey("w", "r", "mk"), agent="a", run_id="r", check_mark=True)
+    )
+    await asyncio.sleep(0.2)
+    assert not begin.done()
+    # The claim is committed, so another connection reads it, but not reported yet.
+    reader = sqlite3.connect(sqlite_store.path)
+    assert reader.execute("SELECT count(*) FROM locks").fetchone() == (1,)
+    reader.close()
+    release.set()
+    transaction = await asyncio.wait_for(begin, 5)
+    assert transaction.grant.token == 1
+    assert synced[0] == str(Path(sqlite_store.path).resolve()) + "-wal"
+    assert sqlite_store.statistics().syncs >= 1
+
+
+async def test_writer_connection_settings(sqlite_store: SQLiteStore) -> None:
+    def settings(connection: sqlite3.Connection) -> tuple[int, int, int]:
+        return tuple(  # type: ignore[return-value]
+            connection.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("synchronous", "wal_autocheckpoint", "busy_timeout")
+        )
+
+    assert await sqlite_store._writer.submit(settings) == (1, 0, 0)
+
+
+async def test_wal_checkpointed_in_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_COMMITS", 4)
+    store = SQLiteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        locks = LockManager(store, current_owner(), lease=30)
+        for batch in range(20):
+            transactions = await asyncio.gather(
+                *(
+                    locks.begin(
+                        LockKey("w", f"{batch}-{n}", "mk"),
+                        agent="a",
+                        run_id="r",
+                        check_mark=True,
+                    )
+                    for n in range(10)
+                )
+            )
+            await asyncio.gather(*(t.commit() for t in transactions))
+        assert store.statistics().checkpoints >= 1
+        # The WAL starts over after a checkpoint instead of growing.
+        assert (tmp_path / "state.db-wal").stat().st_size < 256 * 1024
+        assert len(await store.marks()) == 200
+    finally:
+        await store.close()
+    reader = sqlite3.connect(tmp_path / "state.db")
+    assert reader.execute("SELECT count(*) FROM marks").fetchone() == (200,)
+    reader.close()
 
 
 async def test_newer_schema_rejected(tmp_path: Path) -> None:
