@@ -182,7 +182,7 @@ KEY_WHERE = "workflow = ? AND record = ? AND mnemonic = ?"
 
 
 def floor_connection(folder: str) -> sqlite3.Connection:
-    """Open the floor's database: WAL with synchronous=FULL, as fleetd's."""
+    """Open the floor's database in WAL mode with synchronous=FULL."""
     connection = sqlite3.connect(f"{folder}/floor.db", isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
