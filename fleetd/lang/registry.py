@@ -304,9 +304,9 @@ def _may_declare_entry_points() -> bool:
 
     Importing importlib.metadata and reading every distribution took about
     20 of the 230 ms of `fleetd once` on an empty agent (2-core AMD EPYC,
-    Python 3.11), so this first reads the `entry_points.txt` files itself,
-    where importlib.metadata finds them: in the `*.dist-info` and
-    `*.egg-info` folders of each `sys.path` folder. It returns False only
+    Python 3.11). So this function first reads the `entry_points.txt` files
+    itself, in the `*.dist-info` and `*.egg-info` folders of each `sys.path`
+    folder, where importlib.metadata finds them. It returns False only
     when none of them names a fleetd group. Where
     importlib.metadata would look somewhere else (a zip file or an egg on
     `sys.path`, or another distribution finder on `sys.meta_path`), it
