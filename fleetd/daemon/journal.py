@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from logging_journald import JournaldTransport
 from structlog.typing import EventDict, WrappedLogger
 
 __all__ = [
@@ -168,6 +167,10 @@ class JournalLogger:
     def __init__(
         self, socket_path: Path = JOURNAL_SOCKET, fallback: TextIO | None = None
     ) -> None:
+        # Only the journal target imports logging_journald, which imports
+        # tempfile and random.
+        from logging_journald import JournaldTransport
+
         # Unconnected: each send addresses the path, as sd_journal_sendv()
         # does, so a restarted journald (a new socket at the path) is reached.
         self._transport = JournaldTransport(socket_path=socket_path, connected=False)

@@ -22,8 +22,6 @@ import sys
 import time
 from collections.abc import Callable
 
-import regex
-
 from fleetd.lang.builtins_files import FILE_TESTS, newer_than
 from fleetd.lang.perlcrypt import perl_crypt
 from fleetd.lang.perlformat import perl_pack, perl_sprintf, perl_unpack
@@ -270,6 +268,8 @@ def _split(pattern: Value, text: Value = None, limit: Value = None) -> Value:
         subject = subject.lstrip(" \t\n\r\f\v")
         compiled = compile_regex(r"\s+")
     elif source == "^":
+        import regex
+
         compiled = compile_regex(r"^", regex.MULTILINE)
     else:
         compiled = compile_perl(source, "")

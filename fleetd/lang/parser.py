@@ -3,10 +3,9 @@
 An agent file is line-based: each line starts with a keyword, and blocks
 end with `END`. This module reads the lines, handles the header, the
 blocks and the free-text commands (`ECHO`, `LOG`, program command lines),
-and hands every expression to the Lark LALR grammar in
-fleetd.lang.expressions. Parsing a line at a time lets one pass report every
-error of a file, each at its line and column, instead of stopping at the
-first one.
+and hands every expression to fleetd.lang.expressions. Parsing a line at a
+time lets one pass report every error of a file, each at its line and
+column, instead of stopping at the first one.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ module calls the thread-safe `crypt_r` with ctypes.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 # glibc's struct crypt_data is about 128 KiB and libxcrypt's 32 KiB; a larger
 # zeroed buffer fits both.
@@ -28,6 +30,10 @@ class CryptUnavailable(RuntimeError):
 
 
 def _crypt_r() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    # ctypes is imported on the first call, not on every start.
+    import ctypes
+    import ctypes.util
+
     global _library
     with _load_lock:
         if _library is None:
@@ -55,6 +61,8 @@ def perl_crypt(word: str, salt: str) -> str | None:
     if "\0" in word or "\0" in salt:
         raise ValueError("crypt arguments cannot contain NUL characters")
     function = _crypt_r()
+    import ctypes
+
     buffer = getattr(_local, "buffer", None)
     if buffer is None:
         buffer = ctypes.create_string_buffer(_DATA_SIZE)

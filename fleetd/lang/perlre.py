@@ -2,6 +2,8 @@
 
 Patterns compile with the `regex` module (in its `re`-compatible V0 mode)
 rather than `re`, because `regex` can stop a match after a time limit.
+The module is imported when the first pattern compiles, so a start whose
+agents have no pattern does not pay for importing it.
 With `re`, a pattern that backtracks catastrophically on a record value,
 such as `/^(a|aa)+$/` on forty a's and a "!", held the event loop until
 it finished, and with it every agent, lease renewal and the watchdog.
@@ -33,8 +35,6 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-
-import regex
 
 #: Seconds one match of an agent's pattern, or all the matches of one
 #: command inside `match_budget`, may take.
@@ -69,11 +69,12 @@ def _time_left() -> float:
     return left
 
 
+# Perl's pattern flags and the names of the `regex` module's flags for them.
 _FLAGS = {
-    "i": regex.IGNORECASE,
-    "m": regex.MULTILINE,
-    "s": regex.DOTALL,
-    "x": regex.VERBOSE,
+    "i": "IGNORECASE",
+    "m": "MULTILINE",
+    "s": "DOTALL",
+    "x": "VERBOSE",
 }
 
 _POSIX_CLASSES = {
@@ -416,6 +417,8 @@ def _repeat_product(pattern: str) -> int:
 
 def compile_regex(pattern: str, flags: int = 0) -> Any:
     """Compile a pattern in Python syntax with the `regex` module."""
+    import regex
+
     return regex.compile(pattern, flags | regex.V0)
 
 
@@ -425,13 +428,15 @@ def compile_perl(pattern: str, flags: str) -> Any:
     Raises:
         PatternError: an unknown flag, or a malformed pattern.
     """
+    import regex
+
     python_flags = 0
     for flag in flags:
         if flag not in _FLAGS:
             raise PatternError(
                 f"unsupported regular expression flag {flag!r}; use i, m, s or x"
             )
-        python_flags |= _FLAGS[flag]
+        python_flags |= getattr(regex, _FLAGS[flag])
     translated = translate(pattern)
     if _repeat_product(translated) > MAX_REPEAT_PRODUCT:
         raise PatternError(

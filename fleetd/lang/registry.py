@@ -30,12 +30,12 @@ receives a `CommandContext` first; a false result or an exception fails it.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -93,6 +93,10 @@ class CommandContext(Protocol):
     def on_rollback(self, hook: Callable[[], Awaitable[None] | None]) -> None: ...
 
     def on_error(self, hook: Callable[[], Awaitable[None] | None]) -> None: ...
+
+
+# The entry point groups that plugins declare, in the order they load.
+ENTRY_POINT_GROUPS = ("fleetd.functions", "fleetd.commands")
 
 
 class PluginError(Exception):
@@ -277,8 +281,10 @@ def load_plugins(
             The message names the entry point, folder or file.
     """
     registry = Registry.default()
-    if entry_points:
-        for group in ("fleetd.functions", "fleetd.commands"):
+    if entry_points and _may_declare_entry_points():
+        from importlib import metadata
+
+        for group in ENTRY_POINT_GROUPS:
             for entry_point in sorted(
                 metadata.entry_points(group=group), key=lambda e: e.name
             ):
@@ -291,3 +297,49 @@ def load_plugins(
     for path in _plugin_files(plugin_dirs):
         _add_specs(registry, str(path), _load_file(path))
     return registry
+
+
+def _may_declare_entry_points() -> bool:
+    """Tell whether an installed distribution may declare a fleetd entry point.
+
+    Importing importlib.metadata and reading every distribution took about
+    20 of the 230 ms of `fleetd once` on an empty agent (2-core AMD EPYC,
+    Python 3.11). So this function first reads the `entry_points.txt` files
+    itself, in the `*.dist-info` and `*.egg-info` folders of each `sys.path`
+    folder, where importlib.metadata finds them. It returns False only
+    when none of them names a fleetd group. Where
+    importlib.metadata would look somewhere else (a zip file or an egg on
+    `sys.path`, or another distribution finder on `sys.meta_path`), it
+    returns True, and the caller asks importlib.metadata.
+    """
+    for finder in sys.meta_path:
+        if finder is not importlib.machinery.PathFinder and hasattr(
+            finder, "find_distributions"
+        ):
+            return True
+    groups = tuple(group.encode() for group in ENTRY_POINT_GROUPS)
+    for entry in sys.path:
+        folder = entry or "."
+        if folder.lower().endswith(".egg"):
+            return True
+        try:
+            names = os.listdir(folder)
+        except NotADirectoryError:
+            return True
+        except OSError:
+            continue
+        for name in names:
+            lowered = name.lower()
+            if lowered.endswith(".egg"):
+                return True
+            if not lowered.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(folder, name, "entry_points.txt"), "rb") as file:
+                    text = file.read()
+            except OSError:
+                continue
+            if any(group in text for group in groups):
+                return True
+
+    return False

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from typing import Any
+
+from msgspec.structs import replace
 
 from fleetd.lang.ast import (
     And,
@@ -25,6 +25,9 @@ from fleetd.lang.ast import (
 
 def suggest_name(name: str, known: Iterable[str]) -> str:
     """Return "; did you mean 'x'?" for a close known name, else ""."""
+    # Only a load error needs difflib, so a start without one skips it.
+    import difflib
+
     matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
     if not matches:
         lowered = {candidate.lower(): candidate for candidate in known}

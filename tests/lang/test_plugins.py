@@ -17,6 +17,7 @@ from fleetd.lang import (
     load_plugins,
     parse_agent,
 )
+from fleetd.lang.registry import _may_declare_entry_points
 
 PLUGIN = """
 from fleetd.lang import CommandSpec, FunctionSpec
@@ -98,6 +99,62 @@ def test_entry_points_are_loaded(
     assert registry.function("shout") is not None
     assert registry.command("notify") is not None
     sys.modules.pop("fleetd_site_plugin", None)
+
+
+def write_distribution(folder: Path, name: str, entry_points: str) -> None:
+    dist = folder / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(entry_points)
+
+
+@pytest.mark.parametrize("group", ["fleetd.functions", "fleetd.commands"])
+def test_entry_point_scan_finds_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: str
+) -> None:
+    write_distribution(tmp_path, "other", "[console_scripts]\nother = other:main\n")
+    write_distribution(tmp_path, "site_plugin", f"[{group}]\nsite = site_plugin\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert _may_declare_entry_points()
+
+
+def test_entry_point_scan_skips_other_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_distribution(tmp_path, "other", "[console_scripts]\nother = other:main\n")
+    (tmp_path / "legacy.egg-info").write_text("Name: legacy\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), str(tmp_path / "missing")])
+    assert not _may_declare_entry_points()
+
+
+def test_entry_point_scan_defers_zip_and_egg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "bundle.zip"
+    archive.write_bytes(b"")
+    monkeypatch.setattr(sys, "path", [str(archive)])
+    assert _may_declare_entry_points()
+    (tmp_path / "tool-1.0-py3.11.egg").mkdir()
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert _may_declare_entry_points()
+
+
+def test_entry_point_scan_defers_other_finders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class DistributionFinder:
+        def find_spec(self, *args: object) -> None:
+            return None
+
+        def find_distributions(self, *args: object) -> list[object]:
+            return []
+
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert not _may_declare_entry_points()
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, DistributionFinder()])
+    assert _may_declare_entry_points()
 
 
 def test_default_registry_has_no_commands() -> None:

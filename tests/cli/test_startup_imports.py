@@ -1,0 +1,88 @@
+"""`fleetd once` imports Lark, regex and the rest only when its agents need them.
+
+Each case runs `fleetd once` in a new interpreter and lists `sys.modules`
+after the command returns, so a module-level import added anywhere on the
+way (CLI, configuration, logging, parser, runtime) fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fleetd
+
+# Runs the command in-process, then writes the names of the imported modules.
+CHILD = """
+import json, sys
+from fleetd.cli import main
+status = main(sys.argv[2:])
+with open(sys.argv[1], "w") as file:
+    json.dump({"status": status, "modules": sorted(sys.modules)}, file)
+"""
+# Modules that `once` must not import for an agent without patterns, long
+# lines or errors, logging to a pipe, when no installed package declares a
+# fleetd entry point.
+LAZY_MODULES = ("lark", "regex", "importlib.metadata", "ctypes", "logging_journald")
+LONG_CONDITION = "REQUIRE " + " AND ".join(["1 = 1"] * 40) + "\n"
+
+
+def imported_modules(tmp_path: Path, agent: str) -> tuple[int, set[str]]:
+    """Run `fleetd once` on a conf dir with one agent; return status and modules."""
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "fleetd.toml").write_text(
+        f'[daemon]\nstate = "sqlite:///{tmp_path}/state.db"\nlog_level = "warning"\n'
+    )
+    (conf / "one.agent").write_text(agent)
+    output = tmp_path / "modules.json"
+    # The child imports the fleetd that this test imported, whatever the
+    # current folder and an editable install would give it.
+    source = str(Path(fleetd.__file__).parents[1])
+    path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(output), "--conf-dir", str(conf), "once"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert output.exists(), result.stderr
+    data = json.loads(output.read_text())
+
+    return data["status"], set(data["modules"])
+
+
+def test_empty_agent_skips_lazy_modules(tmp_path: Path) -> None:
+    status, modules = imported_modules(tmp_path, "NAME Empty\nMNEMONIC empty\n")
+    assert status == 0
+    for name in LAZY_MODULES:
+        assert name not in modules, f"{name} imported by once on an empty agent"
+
+
+def test_pattern_imports_regex_only(tmp_path: Path) -> None:
+    agent = 'NAME Match\nMNEMONIC match\nREQUIRE "abc" MATCHES /b/\n'
+    status, modules = imported_modules(tmp_path, agent)
+    assert status == 0
+    assert "regex" in modules
+    assert "lark" not in modules
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [(LONG_CONDITION, 0), ("REQUIRE (1 = \n", 2)],
+    ids=["long line", "syntax error"],
+)
+def test_lark_imported_when_needed(tmp_path: Path, line: str, status: int) -> None:
+    agent = f"NAME Lark\nMNEMONIC lark\n{line}"
+    result, modules = imported_modules(tmp_path, agent)
+    assert result == status
+    assert "lark" in modules
