@@ -83,9 +83,6 @@ SCHEMA_VERSION = max(MIGRATIONS)
 
 KEY_WHERE = "workflow = ? AND record = ? AND mnemonic = ?"
 
-#: Seconds of lease left below which `validate` reads the lock row.
-LEASE_MARGIN = 1.0
-
 
 def _key(key: LockKey) -> tuple[str, str, str]:
     return (key.workflow, key.record, key.mnemonic)
@@ -295,13 +292,6 @@ class SQLiteStore:
         await await_detached(self._writer.submit(operation, urgent=False), self._tasks)
 
     async def validate(self, grant: Grant) -> None:
-        # Every process sharing the file runs on this host and reads its
-        # clock. Another process takes a lock over only when its lease
-        # expired or its owner died, so a lease this process holds, with
-        # time left, is still its own and needs no read.
-        if grant.expires - time.time() > LEASE_MARGIN:
-            return
-
         def read(connection: sqlite3.Connection) -> None:
             row = connection.execute(
                 f"SELECT {LOCK_COLUMNS} FROM locks WHERE {KEY_WHERE}", _key(grant.key)

@@ -6,15 +6,12 @@ import asyncio
 import os
 import sqlite3
 import threading
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from fleetd.locks import (
-    LeaseLost,
     LockKey,
     LockManager,
     SchemaError,
@@ -241,29 +238,3 @@ def test_constraint_error_not_transient(tmp_path: Path) -> None:
         connection.execute("INSERT INTO t VALUES ('a')")
     connection.close()
     assert not is_transient(duplicate.value)
-
-
-async def test_validate_reads_only_near_expiry(
-    sqlite_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    locks = LockManager(sqlite_store, current_owner(), lease=30)
-    transaction = await locks.begin(
-        LockKey("w", "r", "mk"), agent="a", run_id="r", check_mark=True
-    )
-    reads: list[object] = []
-    real_read = sqlite_store._writer.read
-
-    def read(function: object) -> object:
-        reads.append(function)
-        return real_read(function)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(sqlite_store._writer, "read", read)
-    # A lease with time left is this process's own: no read.
-    await sqlite_store.validate(transaction.grant)
-    assert reads == []
-    # Near its expiry the row is read, and a lock taken over is reported.
-    near = replace(transaction.grant, expires=time.time() + 0.5)
-    await sqlite_store.validate(near)
-    assert len(reads) == 1
-    with pytest.raises(LeaseLost):
-        await sqlite_store.validate(replace(near, token=near.token + 1))
