@@ -1,7 +1,7 @@
 """Delays between retries of a state store that is busy, full or down.
 
 Written by hand, not with tenacity or backoff. The SQLite store retries a
-whole batch inside its writer thread and the PostgreSQL store retries a
+whole batch from the event loop and the PostgreSQL store retries a
 coroutine, each with its own test for a transient error. Both need only
 the delay sequence below.
 """
