@@ -92,10 +92,18 @@ class _FileParser(LineReader):
                     frame.loc, f"{frame.keyword} block is never closed: END is missing"
                 )
             )
+        # Lines that end in CR only (classic Mac OS) read as one long line.
+        hint = (
+            " (the file's lines end in CR only; fleetd splits lines at LF)"
+            if "\r" in self.text and "\n" not in self.text.rstrip("\n")
+            else ""
+        )
         for keyword in ("NAME", "MNEMONIC"):
             if keyword not in self.header_locs:
                 self.diagnostics.append(
-                    Diagnostic(Location(self.path, 1, 1), f"missing {keyword} line")
+                    Diagnostic(
+                        Location(self.path, 1, 1), f"missing {keyword} line{hint}"
+                    )
                 )
 
     def parse_line(self, line: str, indent: int) -> None:

@@ -88,6 +88,15 @@ def test_schedule_manual_and_ms() -> None:
     assert agent.timeout == 0.25
 
 
+def test_cr_only_line_ends_named() -> None:
+    # Classic Mac OS line ends: the whole file reads as one line.
+    [message] = errors("NAME A\rMNEMONIC a\rECHO hi\r")
+    assert message == (
+        "t.agent:1:1: missing MNEMONIC line"
+        " (the file's lines end in CR only; fleetd splits lines at LF)"
+    )
+
+
 def test_missing_name_and_mnemonic() -> None:
     assert errors("ECHO hi\n") == [
         "t.agent:1:1: missing NAME line",
