@@ -16,7 +16,6 @@ skips the grace. The agents that did not get their cycle are named in a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -25,6 +24,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+import msgspec.structs
 
 from fleetd.cli.common import (
     CommandFailed,
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         extra = tuple(path for path in files if path not in config.agent_files)
         agent_files = files if not args.agents else config.agent_files + extra
-        config = dataclasses.replace(config, agent_files=agent_files)
+        config = msgspec.structs.replace(config, agent_files=agent_files)
 
     agent_set, errors = load_and_show_agents(config, registry, named=tuple(args.agents))
     selected, unknown = select_agents(agent_set, args.agents, args.files)

@@ -7,13 +7,13 @@ seconds, so no other package parses configuration text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class DaemonSettings:
+
+class DaemonSettings(msgspec.Struct, frozen=True):
     """The `[daemon]` table. Durations are seconds."""
 
     state: str  # "sqlite:////abs/path.db" or a postgresql:// URL
@@ -29,8 +29,7 @@ class DaemonSettings:
     loop: str = "asyncio"  # "asyncio" or "uvloop"
 
 
-@dataclass(frozen=True, slots=True)
-class WorkflowSettings:
+class WorkflowSettings(msgspec.Struct, frozen=True):
     """One `[workflows.NAME]` table; `options` holds the kind's own keys.
 
     Paths among the options are absolute. Keys by kind: spool `path`;
@@ -41,17 +40,16 @@ class WorkflowSettings:
 
     name: str
     kind: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(msgspec.Struct, frozen=True):
     """The whole drop-in directory."""
 
     conf_dir: Path
     daemon: DaemonSettings
-    globals: dict[str, Any] = field(default_factory=dict)
-    workflows: dict[str, WorkflowSettings] = field(default_factory=dict)
+    globals: dict[str, Any] = msgspec.field(default_factory=dict)
+    workflows: dict[str, WorkflowSettings] = msgspec.field(default_factory=dict)
     agent_files: tuple[Path, ...] = ()  # in lexical order
     ignored: tuple[tuple[Path, str], ...] = ()  # files reported and skipped
     # Agent files rejected before parsing (as root: insecure owner or mode),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
@@ -29,8 +28,7 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-@dataclass(frozen=True, slots=True)
-class Key:
+class Key(msgspec.Struct, frozen=True):
     """One allowed key: its msgspec type, expected form, and conversion.
 
     `convert` is "plain" (the value as msgspec returns it), "duration"

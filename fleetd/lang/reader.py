@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from fleetd.lang.ast import Command, Location, Phase, Template
 from fleetd.lang.errors import Diagnostic
@@ -51,15 +52,14 @@ def split_lines(text: str) -> Iterator[str]:
         yield line
 
 
-@dataclass(slots=True)
-class Frame:
+class Frame(msgspec.Struct):
     """A block being read: its opening line and the commands read so far."""
 
     keyword: str
     loc: Location
     source: str
     head: Any  # parsed opening line; None when it had an error
-    body: list[Command] = field(default_factory=list)
+    body: list[Command] = msgspec.field(default_factory=list)
     in_cleanup: bool = False
     in_parallel: bool = False
 

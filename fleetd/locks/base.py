@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 
 class Resolution(enum.Enum):
@@ -22,8 +23,7 @@ class Resolution(enum.Enum):
     ERROR = "error"
 
 
-@dataclass(frozen=True, slots=True)
-class LockKey:
+class LockKey(msgspec.Struct, frozen=True):
     """Key of a lock. `record` is "" for the Null workflow."""
 
     workflow: str
@@ -31,8 +31,7 @@ class LockKey:
     mnemonic: str
 
 
-@dataclass(frozen=True, slots=True)
-class Owner:
+class Owner(msgspec.Struct, frozen=True):
     """Owner of a lock: host name, pid, pid start time, daemon instance."""
 
     host: str
@@ -44,8 +43,7 @@ class Owner:
         return f"{self.host}:{self.pid}"
 
 
-@dataclass(frozen=True, slots=True)
-class LockInfo:
+class LockInfo(msgspec.Struct, frozen=True):
     """A held lock as stored."""
 
     key: LockKey
@@ -57,8 +55,7 @@ class LockInfo:
     run_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(msgspec.Struct, frozen=True):
     """A granted lock: the fencing token and the lease expiry."""
 
     key: LockKey
@@ -66,8 +63,7 @@ class Grant:
     expires: float
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(msgspec.Struct, frozen=True):
     """The committed or error mark of a record for one mnemonic."""
 
     key: LockKey
@@ -77,8 +73,7 @@ class Mark:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
+class HistoryEntry(msgspec.Struct, frozen=True):
     """One resolution of one record, as `fleetd history` shows it."""
 
     key: LockKey

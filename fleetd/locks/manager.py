@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import anyio.abc
+import msgspec
 
 from fleetd.locks.base import (
     Grant,
@@ -51,8 +51,7 @@ Apply = Callable[[dict[str, Any]], Awaitable[None]]
 INTERRUPTED = "interrupted"
 
 
-@dataclass(frozen=True, slots=True)
-class LockManagerStatistics:
+class LockManagerStatistics(msgspec.Struct, frozen=True):
     """Counters of one lock manager, for `status` and the daemon's STATUS."""
 
     held: int  # locks held now

@@ -50,8 +50,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from fleetd.locks.backoff import retry_delay
 from fleetd.logs import get_logger
@@ -127,15 +128,13 @@ def connect_for_loop(path: str, busy_timeout: float) -> sqlite3.Connection:
 Operation = Callable[[sqlite3.Connection], Any]
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(msgspec.Struct):
     operation: Operation
     future: asyncio.Future[Any]
     value: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class WriterStatistics:
+class WriterStatistics(msgspec.Struct, frozen=True):
     """Counters of one writer."""
 
     batches: int

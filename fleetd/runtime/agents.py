@@ -13,9 +13,9 @@ import copy
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from fleetd.config.model import Config
@@ -29,8 +29,7 @@ from fleetd.runtime.phases import evaluate_conditions
 logger = structlog.get_logger()
 
 
-@dataclass(frozen=True)
-class LoadedAgent:
+class LoadedAgent(msgspec.Struct, frozen=True):
     """A parsed agent after Initialize."""
 
     agent: Agent
@@ -41,8 +40,7 @@ class LoadedAgent:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
-class AgentSet:
+class AgentSet(msgspec.Struct, frozen=True):
     """Every agent of a conf dir that parsed, and the errors of the others."""
 
     agents: dict[str, LoadedAgent]  # by NAME

@@ -32,11 +32,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import anyio
+import msgspec
 
 from fleetd.config.model import Config
 from fleetd.lang import Registry, load_plugins
@@ -72,8 +72,7 @@ RESOLUTIONS_PER_WORKER = 4
 OnReport = Callable[[RunReport], None]
 
 
-@dataclass(frozen=True, slots=True)
-class EngineStatistics:
+class EngineStatistics(msgspec.Struct, frozen=True):
     """Counters of one engine, for `status` and the daemon's STATUS line."""
 
     runs_in_flight: int

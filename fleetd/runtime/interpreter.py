@@ -14,11 +14,11 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from fleetd.config.secrets import MASK
 from fleetd.lang import (
@@ -67,8 +67,7 @@ class CommandError(Exception):
     """Failure of one command; the message gives the cause, without the command itself."""
 
 
-@dataclass(slots=True)
-class ProgramBuilder:
+class ProgramBuilder(msgspec.Struct):
     """Command line built by COMMAND, OPTION and OPTION_IF for EXEC."""
 
     words: list[str] | None = None
@@ -79,8 +78,7 @@ class ProgramBuilder:
         return ProgramBuilder(words, self.options)
 
 
-@dataclass(slots=True)
-class RunState:
+class RunState(msgspec.Struct):
     """Everything the commands of one run of one record share."""
 
     agent: Agent
@@ -95,12 +93,12 @@ class RunState:
     pretend: bool = False
     kill_grace: float = KILL_GRACE
     transaction: Transaction | None = None
-    staged: dict[str, Value] = field(default_factory=dict)
+    staged: dict[str, Value] = msgspec.field(default_factory=dict)
     # Leaf commands executed (or shown, in pretend) in the current phase.
     commands_run: int = 0
     # `file:line: source: why` of every failed command of the current phase.
-    failures: list[str] = field(default_factory=list)
-    hooks: dict[str, list[Hook]] = field(
+    failures: list[str] = msgspec.field(default_factory=list)
+    hooks: dict[str, list[Hook]] = msgspec.field(
         default_factory=lambda: {"commit": [], "rollback": [], "error": []}
     )
     # Values of the `*_secret` and `*_password` globals, masked in logs.

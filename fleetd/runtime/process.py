@@ -48,11 +48,11 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 
 from fleetd.runtime.loop import pidfd_supported
@@ -72,8 +72,7 @@ PIPE_CLOSE_WAIT = 1.0  # seconds to wait for pipes once the group is killed
 PIDFD_SUPPORTED = pidfd_supported()
 
 
-@dataclass(slots=True)
-class ProgramResult:
+class ProgramResult(msgspec.Struct):
     """What became of one program: exit status, or why it never started.
 
     `returncode` is None when the program did not start (then `error` gives
@@ -86,7 +85,7 @@ class ProgramResult:
     error: str | None = None
     pid: int | None = None
     duration_s: float = 0.0
-    output: list[str] = field(default_factory=list)
+    output: list[str] = msgspec.field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -7,8 +7,9 @@ daemon logs at the end of each run.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 
 class Outcome(enum.Enum):
@@ -37,8 +38,7 @@ class PhaseResult(enum.Enum):
     NOT_RUN = "not_run"
 
 
-@dataclass(frozen=True, slots=True)
-class RunReport:
+class RunReport(msgspec.Struct, frozen=True):
     """Report of one run of one record."""
 
     agent: str

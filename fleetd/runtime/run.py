@@ -26,12 +26,13 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
+from msgspec.structs import replace
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from fleetd.config.secrets import is_secret
@@ -73,8 +74,7 @@ STORE_ABANDONED = "state store unavailable at shutdown; nothing was written"
 MAX_NESTING = 64
 
 
-@dataclass(slots=True)
-class RunSettings:
+class RunSettings(msgspec.Struct):
     """Settings that every run of one engine shares."""
 
     registry: Registry
@@ -86,10 +86,12 @@ class RunSettings:
     kill_grace: float = KILL_GRACE
     pretend: bool = False
     # In pretend mode: resolution marks by (workflow, record, mnemonic).
-    marks: Mapping[tuple[str, str, str], Resolution] = field(default_factory=dict)
+    marks: Mapping[tuple[str, str, str], Resolution] = msgspec.field(
+        default_factory=dict
+    )
     # Scopes of runs waiting on the state store (taking or resolving a lock),
     # which `Engine.cancel_runs` cancels when the store stays unavailable.
-    store_waits: set[anyio.CancelScope] = field(default_factory=set)
+    store_waits: set[anyio.CancelScope] = msgspec.field(default_factory=set)
 
 
 # Run ids are a random prefix per process and a counter: unique like a

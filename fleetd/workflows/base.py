@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import msgspec
 
-@dataclass(slots=True)
-class Record:
+
+class Record(msgspec.Struct):
     """One item of a workflow, seen by agents as `this`.
 
     `id` is None only in the `Null` workflow. `invalid` holds the reason
@@ -16,7 +16,7 @@ class Record:
     """
 
     id: str | None
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
     invalid: str | None = None
 
 

@@ -2,7 +2,8 @@
 
 Each case runs `fleetd once` in a new interpreter and lists `sys.modules`
 after the command returns, so a module-level import added anywhere on the
-way (CLI, configuration, logging, parser, runtime) fails here.
+way (CLI, configuration, logging, parser, runtime) fails here. The same
+run lists the dataclasses that fleetd's imported modules define.
 """
 
 from __future__ import annotations
@@ -12,28 +13,48 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import fleetd
 
-# Runs the command in-process, then writes the names of the imported modules.
+# Runs the command in-process, then writes the names of the imported modules
+# and of the dataclasses defined in fleetd's modules.
 CHILD = """
-import json, sys
+import dataclasses, json, sys
 from fleetd.cli import main
 status = main(sys.argv[2:])
+defined = sorted(
+    f"{name}.{value.__name__}"
+    for name, module in list(sys.modules.items())
+    if name == "fleetd" or name.startswith("fleetd.")
+    for value in vars(module).values()
+    if isinstance(value, type)
+    and dataclasses.is_dataclass(value)
+    and value.__module__ == name
+)
+data = {"status": status, "modules": sorted(sys.modules), "dataclasses": defined}
 with open(sys.argv[1], "w") as file:
-    json.dump({"status": status, "modules": sorted(sys.modules)}, file)
+    json.dump(data, file)
 """
 # Modules that `once` must not import for an agent without patterns, long
 # lines or errors, logging to a pipe, when no installed package declares a
 # fleetd entry point.
 LAZY_MODULES = ("lark", "regex", "importlib.metadata", "ctypes", "logging_journald")
 LONG_CONDITION = "REQUIRE " + " AND ".join(["1 = 1"] * 40) + "\n"
+# A dataclass compiles its generated methods when its class is defined, about
+# 1 ms per class in a start of `once` (timed around dataclasses._process_class
+# on a loaded 2-core AMD EPYC), so fleetd's own records are msgspec Structs.
+# Only the plugin API, whose classes plugins construct, keeps dataclasses.
+PLUGIN_API_DATACLASSES = [
+    "fleetd.lang.registry.CommandSpec",
+    "fleetd.lang.registry.FunctionSpec",
+]
 
 
-def imported_modules(tmp_path: Path, agent: str) -> tuple[int, set[str]]:
-    """Run `fleetd once` on a conf dir with one agent; return status and modules."""
+def run_once(tmp_path: Path, agent: str) -> dict[str, Any]:
+    """Run `fleetd once` on one agent; return the status, modules and dataclasses."""
     conf = tmp_path / "conf.d"
     conf.mkdir()
     (conf / "fleetd.toml").write_text(
@@ -56,7 +77,13 @@ def imported_modules(tmp_path: Path, agent: str) -> tuple[int, set[str]]:
         stdin=subprocess.DEVNULL,
     )
     assert output.exists(), result.stderr
-    data = json.loads(output.read_text())
+
+    return json.loads(output.read_text())
+
+
+def imported_modules(tmp_path: Path, agent: str) -> tuple[int, set[str]]:
+    """Run `fleetd once` on a conf dir with one agent; return status and modules."""
+    data = run_once(tmp_path, agent)
 
     return data["status"], set(data["modules"])
 
@@ -66,6 +93,12 @@ def test_empty_agent_skips_lazy_modules(tmp_path: Path) -> None:
     assert status == 0
     for name in LAZY_MODULES:
         assert name not in modules, f"{name} imported by once on an empty agent"
+
+
+def test_empty_agent_defines_plugin_dataclasses_only(tmp_path: Path) -> None:
+    data = run_once(tmp_path, "NAME Empty\nMNEMONIC empty\n")
+    assert data["status"] == 0
+    assert data["dataclasses"] == PLUGIN_API_DATACLASSES
 
 
 def test_pattern_imports_regex_only(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import anyio
+from msgspec.structs import replace
 
 from fleetd.lang import CommandSpec
 from fleetd.locks import LockKey, current_owner
@@ -28,7 +28,7 @@ async def test_abandoned_lock_reported_once_as_interrupted(fleet: Fleet) -> None
     fleet.agent(PROVISION)
     finished = await anyio.run_process(["sh", "-c", "echo $$"])
     dead_pid = int(finished.stdout)
-    owner = dataclasses.replace(current_owner(), pid=dead_pid, instance="gone")
+    owner = replace(current_owner(), pid=dead_pid, instance="gone")
     async with fleet.engine() as engine:
         await engine.store.acquire(
             LockKey("requests", "olga", "provision"),
@@ -52,7 +52,7 @@ async def test_abandoned_lock_reported_once_as_interrupted(fleet: Fleet) -> None
 async def test_record_locked_by_live_owner(fleet: Fleet) -> None:
     fleet.record("pia", status="approved")
     fleet.agent(PROVISION)
-    other = dataclasses.replace(current_owner(), instance="another-daemon")
+    other = replace(current_owner(), instance="another-daemon")
     async with fleet.engine() as engine:
         await engine.store.acquire(
             LockKey("requests", "pia", "provision"),
