@@ -82,7 +82,7 @@ class Template(msgspec.Struct, frozen=True):
     order. A template without references has a single `str` part.
     """
 
-    parts: tuple[Union[str, "Variable"], ...]
+    parts: tuple[str | Variable, ...]
     column: int
 
 
@@ -101,7 +101,7 @@ class Variable(msgspec.Struct, frozen=True):
 
 
 class ListExpr(msgspec.Struct, frozen=True):
-    items: tuple["Expr", ...]
+    items: tuple[Expr, ...]
     column: int
 
 
@@ -109,7 +109,7 @@ class FunctionCall(msgspec.Struct, frozen=True):
     """Call of a built-in or plugin function, resolved at load."""
 
     name: str
-    args: tuple["Expr", ...]
+    args: tuple[Expr, ...]
     column: int
 
 
@@ -117,16 +117,16 @@ class Compare(msgspec.Struct, frozen=True):
     """Comparison; `op` is one of `=`, `<>`, `<`, `>`, `<=`, `>=`."""
 
     op: str
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
     column: int
 
 
 class Membership(msgspec.Struct, frozen=True):
     """`item IN list`, or `item NOT IN list` when `negated`."""
 
-    item: "Expr"
-    container: "Expr"
+    item: Expr
+    container: Expr
     negated: bool
     column: int
 
@@ -134,31 +134,40 @@ class Membership(msgspec.Struct, frozen=True):
 class Match(msgspec.Struct, frozen=True):
     """`subject MATCHES /re/flags`; a match sets `1`, `2`, ... in scope."""
 
-    subject: "Expr"
+    subject: Expr
     pattern: Any  # a compiled `regex` pattern (fleetd.lang.perlre)
     column: int
 
 
 class Not(msgspec.Struct, frozen=True):
-    operand: "Expr"
+    operand: Expr
     column: int
 
 
 class And(msgspec.Struct, frozen=True):
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
     column: int
 
 
 class Or(msgspec.Struct, frozen=True):
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
     column: int
 
 
 Expr = Union[
-    Literal, Template, Variable, ListExpr, FunctionCall, Compare, Membership,
-    Match, Not, And, Or,
+    Literal,
+    Template,
+    Variable,
+    ListExpr,
+    FunctionCall,
+    Compare,
+    Membership,
+    Match,
+    Not,
+    And,
+    Or,
 ]
 
 
@@ -263,7 +272,7 @@ class CallCommand(msgspec.Struct, frozen=True):
 
 class When(msgspec.Struct, frozen=True):
     condition: Expr
-    body: tuple["Command", ...]
+    body: tuple[Command, ...]
     loc: Location
     source: str
     phase: Phase | None = None  # blocks span phases
@@ -272,7 +281,7 @@ class When(msgspec.Struct, frozen=True):
 class Foreach(msgspec.Struct, frozen=True):
     variable: str
     items: Expr
-    body: tuple["Command", ...]
+    body: tuple[Command, ...]
     loc: Location
     source: str
     phase: Phase | None = None
@@ -281,7 +290,7 @@ class Foreach(msgspec.Struct, frozen=True):
 class Parallel(msgspec.Struct, frozen=True):
     """PARALLEL: each direct child runs at once in one task group."""
 
-    body: tuple["Command", ...]
+    body: tuple[Command, ...]
     loc: Location
     source: str
     phase: Phase = Phase.RUN
@@ -291,15 +300,26 @@ class CleanupBlock(msgspec.Struct, frozen=True):
     """CLEANUP, ON_FAILURE or ON_SUCCESS; its commands run in Cleanup."""
 
     when: CleanupWhen
-    body: tuple["Command", ...]
+    body: tuple[Command, ...]
     loc: Location
     source: str
     phase: Phase = Phase.CLEANUP
 
 
 Command = Union[
-    Condition, Assign, Echo, Log, ExecCommand, ProgramStart, ProgramOption,
-    ProgramExec, CallCommand, When, Foreach, Parallel, CleanupBlock,
+    Condition,
+    Assign,
+    Echo,
+    Log,
+    ExecCommand,
+    ProgramStart,
+    ProgramOption,
+    ProgramExec,
+    CallCommand,
+    When,
+    Foreach,
+    Parallel,
+    CleanupBlock,
 ]
 Block = (When, Foreach, Parallel, CleanupBlock)
 

@@ -421,7 +421,7 @@ async def _run(
                 run_succeeded = await run_phase(state, scope)
                 if not run_succeeded:
                     run_reason = join_reasons(state.failures)
-        except Exception as error:  # noqa: BLE001 - the lock is resolved all the same
+        except Exception as error:
             logger.exception("run_crashed")
             run_succeeded = False
             run_reason = f"internal error: {type(error).__name__}: {error}"
@@ -449,7 +449,7 @@ async def _run(
     with anyio.CancelScope(shield=True, deadline=deadline) as cleanup_scope:
         try:
             cleanup_succeeded = await cleanup_phase(state, scope, run_succeeded)
-        except Exception as error:  # noqa: BLE001 - the lock is resolved all the same
+        except Exception as error:
             logger.exception("cleanup_crashed")
             state.failures.append(f"internal error: {type(error).__name__}: {error}")
     cleanup_reason = join_reasons(state.failures)
