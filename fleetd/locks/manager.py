@@ -124,6 +124,16 @@ class Transaction:
         """Run `hook` after a commit with error is durable."""
         self._add_hook(Resolution.ERROR, hook)
 
+    def abandon(self) -> None:
+        """Stop renewing the lease of a transaction that cannot be resolved.
+
+        The lock stays in the store until its lease expires; then any
+        fleetd recovers it and marks the record in error as interrupted.
+        """
+        if self.resolution is None and not self.lost:
+            self._manager._release(self)
+            self._log.error("lock_abandoned", token=self.grant.token)
+
     def _add_hook(self, resolution: Resolution, hook: Hook) -> None:
         if self._hooks is None:
             self._hooks = {r: [] for r in Resolution}

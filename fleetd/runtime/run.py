@@ -565,3 +565,11 @@ async def _resolve(
         return Outcome.ERROR, reason
     except LeaseLost:
         return Outcome.ERROR, "lease lost"
+    except BaseException:
+        # The store failed the resolution for good (a failed fsync, say),
+        # or shutdown gave up on it. Renewing the lease would keep the lock
+        # held for as long as this process lives, so let it expire and be
+        # recovered as interrupted.
+        if transaction.resolution is None:
+            transaction.abandon()
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import pytest
 from msgspec.structs import replace
 
 from fleetd.lang import CommandSpec
@@ -103,6 +104,40 @@ async def test_late_commit_rejected_after_lease_lost(
     assert fleet.fields("quinn") == {"status": "approved"}
     assert [entry.reason for entry in history] == ["interrupted"]
     assert any(e["event"] == "resolution_rejected" for e in events)
+
+
+async def test_failed_resolution_stops_renewal(
+    fleet: Fleet, events: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store that fails the resolution for good (fdatasync returned EIO,
+    # say): the lease is no longer renewed, so the lock expires and is
+    # recovered as interrupted instead of staying held while fleetd lives.
+    fleet.record("rena", status="approved")
+    fleet.agent(
+        """
+        NAME     Provision
+        MNEMONIC provision
+        WORKFLOW requests
+        SET this.status = "done"
+        """
+    )
+    agents = fleet.load()
+    async with fleet.engine() as engine:
+
+        async def failing_resolve(*args: Any, **kwargs: Any) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(engine.store, "resolve", failing_resolve)
+        [report] = await engine.run_cycle(agents.agents["Provision"])
+        monkeypatch.undo()
+        assert report.outcome is Outcome.ERROR
+        assert engine.locks.statistics().held == 0
+        [lock] = await engine.store.locks()
+        renewed_until = lock.expires
+        await engine.locks.renew()
+        [lock] = await engine.store.locks()
+        assert lock.expires == renewed_until
+    assert any(e["event"] == "lock_abandoned" for e in events)
 
 
 async def test_pretend_runs_nothing_and_writes_nothing(
