@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
@@ -238,3 +239,102 @@ def test_constraint_error_not_transient(tmp_path: Path) -> None:
         connection.execute("INSERT INTO t VALUES ('a')")
     connection.close()
     assert not is_transient(duplicate.value)
+
+
+async def test_symlinked_state_syncs_real_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite keeps the WAL beside the symlink's target; a leftover file
+    # beside the symlink must not be the one synced.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "state.db").symlink_to(tmp_path / "real" / "state.db")
+    (tmp_path / "links" / "state.db-wal").write_bytes(b"")
+    synced: list[str] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(sqlite_writer.os, "fdatasync", fdatasync)
+    store = SQLiteStore(tmp_path / "links" / "state.db")
+    await store.open()
+    try:
+        locks = LockManager(store, current_owner(), lease=30)
+        await locks.begin(
+            LockKey("w", "r", "mk"), agent="a", run_id="r", check_mark=True
+        )
+    finally:
+        await store.close()
+    assert synced
+    assert set(synced) == {str(tmp_path / "real" / "state.db-wal")}
+
+
+def chattr(flag: str, path: Path) -> bool:
+    """Set or clear a file attribute; False when the file system refuses."""
+    result = subprocess.run(
+        ["chattr", flag, str(path)], check=False, capture_output=True
+    )
+    return result.returncode == 0
+
+
+async def test_read_only_state_file_fails_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    path.chmod(0o444)
+    # Root may write a mode 444 file; an immutable one it may not.
+    immutable = os.access(path, os.W_OK)
+    if immutable and not chattr("+i", path):
+        pytest.skip("cannot make the state file read-only for root")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await SQLiteStore(path).open()
+    finally:
+        if immutable:
+            chattr("-i", path)
+
+
+async def test_replaced_wal_fails_writes(sqlite_store: SQLiteStore) -> None:
+    # Commits that land in a WAL no longer at the file's path would be
+    # lost at the next start, so none may be reported durable.
+    locks = LockManager(sqlite_store, current_owner(), lease=30)
+    await locks.begin(LockKey("w", "a", "mk"), agent="a", run_id="a", check_mark=True)
+    wal = Path(sqlite_store.path + "-wal")
+    wal.rename(wal.with_name("moved-wal"))
+    wal.write_bytes(b"")
+    with capture_logs() as logs, pytest.raises(OSError, match="removed or replaced"):
+        await locks.begin(
+            LockKey("w", "b", "mk"), agent="a", run_id="b", check_mark=True
+        )
+    assert [e["event"] for e in logs] == ["state_store_sync_failed"]
+
+
+async def test_busy_retries_count_from_one_each_time(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, busy_timeout=0.05)
+    await store.open()
+    try:
+        locks = LockManager(store, current_owner(), lease=30)
+        for round_number in range(2):
+            blocker = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False
+            )
+            blocker.execute("BEGIN IMMEDIATE")
+            timer = threading.Timer(0.4, blocker.execute, ("COMMIT",))
+            timer.start()
+            with capture_logs() as logs:
+                await locks.begin(
+                    LockKey("w", str(round_number), "mk"),
+                    agent="a",
+                    run_id="r",
+                    check_mark=True,
+                )
+            timer.join()
+            blocker.close()
+            attempts = [e["attempt"] for e in logs if e["event"] == "state_store_retry"]
+            assert attempts[0] == 1
+    finally:
+        await store.close()
