@@ -348,8 +348,15 @@ class LockManager:
         that got there first resolved (and reports) the rest.
         """
         found = await self.store.abandoned(self.owner.host, owner_alive)
-        if workflow is not None:
-            found = [lock for lock in found if lock.key.workflow == workflow]
+        # A lease of this process can expire while the store is busy or
+        # down longer than the lease; its run is still going, so it is not
+        # this process's to recover.
+        found = [
+            lock
+            for lock in found
+            if (workflow is None or lock.key.workflow == workflow)
+            and not self._holds(lock)
+        ]
         if not found:
             return []
         results = await asyncio.gather(
@@ -427,6 +434,11 @@ class LockManager:
         while True:
             await anyio.sleep(self.lease / 3)
             await self.renew()
+
+    def _holds(self, lock: LockInfo) -> bool:
+        """Tell whether `lock` is one of this manager's unresolved transactions."""
+        transaction = self._held.get(lock.token)
+        return transaction is not None and transaction.key == lock.key
 
     def _release(self, transaction: Transaction) -> None:
         self._held.pop(transaction.grant.token, None)

@@ -370,3 +370,16 @@ async def test_renewal_during_resolution_keeps_lease(store: StateStore) -> None:
         assert transaction.resolution is Resolution.COMMIT
         assert not transaction.lost
         assert manager.statistics().lost == 0
+
+
+async def test_own_expired_lock_not_recovered(store: StateStore) -> None:
+    # The lease lapsed (the store was too slow to renew it) while the run
+    # still holds its transaction: its own process must not mark it
+    # interrupted; another process may.
+    holder = LockManager(store, current_owner(), lease=0.2)
+    transaction = await holder.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    await asyncio.sleep(0.4)
+    assert await holder.recover_abandoned() == []
+    assert [lock.token for lock in await store.locks()] == [transaction.grant.token]
+    recoverer = LockManager(store, other_owner(), lease=30)
+    assert [lock.run_id for lock in await recoverer.recover_abandoned()] == ["r1"]
