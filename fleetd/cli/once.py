@@ -47,6 +47,17 @@ if TYPE_CHECKING:
 
 # Records listed per outcome in the table; the rest are counted.
 TABLE_RECORDS = 6
+# Rows of the table, in this order whatever order the runs ended in.
+TABLE_ORDER = (
+    "committed",
+    "skipped",
+    "rolled_back",
+    "error",
+    "invalid",
+    "locked",
+    "done",
+    "pretend",
+)
 # Outcomes whose records get a line with their reason under the table.
 EXPLAINED_OUTCOMES = ("error", "invalid", "rolled_back", "locked", "pretend")
 PROGRESS_AFTER_S = 1.0
@@ -370,7 +381,8 @@ def agent_table(
         record = "-" if report.record is None else report.record
         by_outcome.setdefault(report.outcome.value, []).append(record)
     rows = []
-    for outcome, records in by_outcome.items():
+    for outcome in sorted(by_outcome, key=TABLE_ORDER.index):
+        records = by_outcome[outcome]
         shown = " ".join(sorted(records)[:TABLE_RECORDS])
         if len(records) > TABLE_RECORDS:
             shown += f" ... ({len(records) - TABLE_RECORDS} more)"

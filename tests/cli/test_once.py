@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from fleetd.cli.once import TABLE_ORDER, agent_table
+from fleetd.runtime.report import Outcome, RunReport
 from tests.cli.support import Site, fleetd_command
 
 FIELDS = {
@@ -457,3 +459,15 @@ def test_daemon_echo_to_full_disk_fails_command(site: Site) -> None:
     assert "cannot write to standard output" in entries[0]["reason"]
     status = site.run("status", "--json")
     assert json.loads(status.stdout)["locks"] == []
+
+
+def test_table_rows_in_fixed_order() -> None:
+    assert set(TABLE_ORDER) == {outcome.value for outcome in Outcome}
+    reports = [
+        RunReport("A", "a", "w", f"r{number}", outcome)
+        for number, outcome in enumerate(reversed(list(Outcome)))
+    ]
+    table = agent_table("A", "a", "w", reports, 0.1)
+    # A title line, the header, then one row per outcome.
+    rows = table.splitlines()[2 : 2 + len(TABLE_ORDER)]
+    assert [row.split()[0] for row in rows] == list(TABLE_ORDER)
