@@ -11,6 +11,8 @@ called once the loop's receiver is in place, raises each recorded signal
 again, so the receiver handles it like any other: SIGTERM and SIGINT
 stop gracefully with exit status 0, and SIGHUP reloads. A signal that arrives after the receiver closed is recorded
 and dropped when `deferred()` exits, because the process is stopping then.
+With `restore=False`, the signals are ignored from the end of the block
+until the process exits.
 
 This module imports only the standard library, so the CLI can enter
 `deferred()` before it imports anything heavy. Blocking the signals with
@@ -43,9 +45,10 @@ def deferred(
 ) -> Iterator[None]:
     """Record `signals` instead of acting on them; restore the handlers on exit.
 
-    With `restore=False` the signals stay recorded, and dropped, after the
-    block too: for a process that exits right after it, so that a signal
-    in its last moments does not end it with 128 + the signal number.
+    With `restore=False` the signals are ignored (SIG_IGN) after the block.
+    This is for a process that exits right after it, so that a signal in
+    its last moments does not end it with 128 + the signal number.
+    Programs started after the block inherit SIG_IGN, so start none.
     Outside the main thread, where Python cannot set signal handlers, this
     does nothing.
     """
@@ -62,6 +65,13 @@ def deferred(
             for signum, handler in previous.items():
                 handler = handler if handler is not None else signal.SIG_DFL
                 signal.signal(signum, handler)
+        else:
+            # Keeping `_record` is not enough. Interpreter shutdown sets every
+            # signal with a Python handler back to SIG_DFL tens of
+            # milliseconds before the process ends (CPython's _PySignal_Fini,
+            # seen with strace on 3.11), but it leaves SIG_IGN as is.
+            for signum in signals:
+                signal.signal(signum, signal.SIG_IGN)
         _pending.clear()
 
 

@@ -28,9 +28,9 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     """Run the command line `argv` (default: `sys.argv[1:]`); return the exit status.
 
     With `exiting`, the process exits right after. The signals that `run`
-    and `once` stop on then keep their recording handler, because their
-    default action would end the process with 128 + the signal number on
-    its way out.
+    and `once` stop on are then ignored from the moment the command returns,
+    because their default action would end the process with 128 + the
+    signal number on its way out.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
