@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,8 +16,11 @@ from fleetd.locks.base import (
     Owner,
     Resolution,
 )
+from fleetd.logs import get_logger
 
 T = TypeVar("T")
+
+log = get_logger()
 
 
 class SchemaError(Exception):
@@ -32,7 +36,9 @@ async def await_detached(
 
     A state store write that was started must end in the database, not
     half-way. When the caller is cancelled the write goes on, and
-    `on_orphan` receives its result (an unused grant, say) to undo it.
+    `on_orphan` receives its result (an unused grant, say) to undo it. If
+    the write fails instead, its error is logged as
+    `store_write_failed_after_cancel`.
     """
     future = asyncio.ensure_future(awaitable)
     keep.add(future)
@@ -40,19 +46,43 @@ async def await_detached(
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        if on_orphan is not None:
-            future.add_done_callback(_call_on_success(on_orphan))
+        # The cancelled shield stops watching `future`, so nothing else
+        # retrieves its error. The callback runs in a copy of this context,
+        # so its log event carries the run's ids bound with
+        # structlog.contextvars.
+        future.add_done_callback(functools.partial(_settle_orphan, on_orphan))
         raise
 
 
-def _call_on_success(
-    callback: Callable[[Any], None],
-) -> Callable[[asyncio.Future[Any]], None]:
-    def done(future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            callback(future.result())
+def keep_detached(future: asyncio.Future[Any], keep: set[asyncio.Future[Any]]) -> None:
+    """Hold `future` in `keep` until it is done, and log its error if it fails.
 
-    return done
+    Use it for a state store write that no caller awaits. The error is
+    logged as `store_write_failed_after_cancel`, with the ids bound with
+    structlog.contextvars at this call.
+    """
+    keep.add(future)
+    future.add_done_callback(keep.discard)
+    future.add_done_callback(functools.partial(_settle_orphan, None))
+
+
+def _settle_orphan(
+    on_orphan: Callable[[Any], None] | None, future: asyncio.Future[Any]
+) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        # Retrieving the error above keeps asyncio from reporting it as
+        # "exception was never retrieved" when the future is collected.
+        log.warning(
+            "store_write_failed_after_cancel",
+            error=str(error),
+            error_type=type(error).__name__,
+        )
+        return
+    if on_orphan is not None:
+        on_orphan(future.result())
 
 
 def lock_from_row(row: Any) -> LockInfo:

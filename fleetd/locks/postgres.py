@@ -58,6 +58,7 @@ from fleetd.locks.common import (
     await_detached,
     grant_of,
     history_from_row,
+    keep_detached,
     lock_from_row,
     mark_from_row,
     same_claim,
@@ -299,9 +300,9 @@ class PostgresStore:
             mnemonic=grant.key.mnemonic,
             token=grant.token,
         )
-        task = asyncio.ensure_future(self._retrying("release", run))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        keep_detached(
+            asyncio.ensure_future(self._retrying("release", run)), self._tasks
+        )
 
     async def renew(
         self, grants: list[Grant], owner: Owner, lease: float
