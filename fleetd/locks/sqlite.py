@@ -39,6 +39,7 @@ from fleetd.locks.common import (
     SchemaError,
     await_detached,
     history_from_row,
+    keep_detached,
     lock_from_row,
     mark_from_row,
 )
@@ -225,13 +226,9 @@ class SQLiteStore:
             token=grant.token,
         )
         try:
-            self._keep(self._writer.submit(operation))
+            keep_detached(self._writer.submit(operation), self._tasks)
         except StoreClosed:
             pass  # the lease expires and the lock is recovered as interrupted
-
-    def _keep(self, future: asyncio.Future[Any]) -> None:
-        self._tasks.add(future)
-        future.add_done_callback(self._tasks.discard)
 
     async def renew(
         self, grants: list[Grant], owner: Owner, lease: float
