@@ -120,11 +120,23 @@ def connect_for_loop(path: str, busy_timeout: float) -> sqlite3.Connection:
     a busy file never makes a statement wait on the event loop.
     """
     connection = connect(path, busy_timeout)
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA wal_autocheckpoint=0")
-    # A read makes SQLite create the WAL file if no process has yet.
-    connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    connection.execute("PRAGMA busy_timeout=0")
+    try:
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        # A read makes SQLite create the WAL file if no process has yet.
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        # A file that can be read but not written opens without error: fail
+        # here, once, rather than at every claim.
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(f"PRAGMA user_version = {int(version)}")
+        finally:
+            connection.execute("ROLLBACK")
+        connection.execute("PRAGMA busy_timeout=0")
+    except BaseException:
+        connection.close()
+        raise
 
     return connection
 
@@ -210,14 +222,6 @@ class BatchWriter:
                 self._log_retry(attempt, retry_delay(attempt), error)
                 time.sleep(retry_delay(attempt))
         try:
-            # A file that can be read but not written opens without error;
-            # fail here, once, rather than at every claim.
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute(f"PRAGMA user_version = {int(version)}")
-            finally:
-                connection.execute("ROLLBACK")
             # SQLite keeps the WAL beside the file a symlink points to.
             wal = os.path.realpath(self.path) + "-wal"
             fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
