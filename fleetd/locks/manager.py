@@ -348,9 +348,9 @@ class LockManager:
         that got there first resolved (and reports) the rest.
         """
         found = await self.store.abandoned(self.owner.host, owner_alive)
-        # A lease of this process can expire while the store is busy or
-        # down longer than the lease; its run is still going, so it is not
-        # this process's to recover.
+        # A lease of this process expires when the store is busy or down for
+        # longer than the lease. Its run is still going, so this process
+        # must not recover it.
         found = [
             lock
             for lock in found

@@ -373,9 +373,9 @@ async def test_renewal_during_resolution_keeps_lease(store: StateStore) -> None:
 
 
 async def test_own_expired_lock_not_recovered(store: StateStore) -> None:
-    # The lease lapsed (the store was too slow to renew it) while the run
-    # still holds its transaction: its own process must not mark it
-    # interrupted; another process may.
+    # The lease expired because the store was too slow to renew it, and the
+    # run still holds its transaction. Its own process must not mark it
+    # interrupted, but another process may.
     holder = LockManager(store, current_owner(), lease=0.2)
     transaction = await holder.begin(KEY, agent="a", run_id="r1", check_mark=True)
     await asyncio.sleep(0.4)
