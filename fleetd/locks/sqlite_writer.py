@@ -76,8 +76,10 @@ LAZY_DELAY = 0.002
 #: is a checkpoint per 1,000 pages.
 CHECKPOINT_COMMITS = 200
 
-#: Seconds the checkpointer waits for the loop's transaction and readers.
-CHECKPOINT_WAIT = 1.0
+#: Seconds the checkpointer waits for writers and readers. Writers wait
+#: for the checkpoint meanwhile, so this bounds how long they may wait; a
+#: checkpoint that times out is tried again after the next 200 commits.
+CHECKPOINT_WAIT = 0.2
 
 #: First and largest delay, in seconds, between attempts on a busy file
 #: before `busy_timeout` has passed.
