@@ -175,7 +175,7 @@ def _cache_file() -> str | bool:
 
     Building the LALR tables takes about 100 ms, loading them from the cache
     about 5 ms. Lark stores the tables with pickle, so the folder must belong
-    to this user and be writable by no one else; otherwise the tables are
+    to this user and be writable by no one else. Otherwise the tables are
     built on every start. Lark checks the grammar's SHA-256 and its own
     version on load and rebuilds the file when either changed, and it falls
     back to building when the file cannot be read or written.

@@ -77,7 +77,7 @@ LAZY_DELAY = 0.002
 CHECKPOINT_COMMITS = 200
 
 #: Seconds the checkpointer waits for writers and readers. Writers wait
-#: for the checkpoint meanwhile, so this bounds how long they may wait; a
+#: for the checkpoint meanwhile, so this bounds how long they may wait. A
 #: checkpoint that times out is tried again after the next 200 commits.
 CHECKPOINT_WAIT = 0.2
 
