@@ -52,7 +52,7 @@ from fleetd.logs import get_logger
 from fleetd.runtime.agents import LoadedAgent
 from fleetd.runtime.loop import pidfd_child_watcher
 from fleetd.runtime.report import Outcome, RunReport
-from fleetd.runtime.run import PendingRun, RunSettings, start_record
+from fleetd.runtime.run import LEASE_LOST, PendingRun, RunSettings, start_record
 from fleetd.runtime.slots import RunSlots
 from fleetd.workflows import Workflow, open_workflow
 from fleetd.workflows.base import Record
@@ -68,6 +68,10 @@ STORE_WAIT_AFTER_CANCEL = 10.0
 #: in scripts/bench/engine.py, because a slow batch commit no longer
 #: stops the worker whose resolution is in it.
 RESOLUTIONS_PER_WORKER = 4
+
+#: Number of runs, reported in error with their lock left in the store,
+#: that the engine remembers so as not to report them again on recovery.
+UNRESOLVED_REMEMBERED = 10_000
 
 OnReport = Callable[[RunReport], None]
 
@@ -114,6 +118,10 @@ class Engine:
         self._slots = RunSlots(config.daemon.max_concurrency)
         self._run_scopes: set[anyio.CancelScope] = set()
         self._store_waits: set[anyio.CancelScope] = set()
+        # Runs already reported in error whose lock stayed in the store,
+        # because the lease was lost or the store failed the resolution.
+        # Recovering such a lock later must not report the run again.
+        self._reported_unresolved: dict[str, None] = {}
         self._preparing: set[anyio.CancelScope] = set()
         self._give_up: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -206,6 +214,9 @@ class Engine:
         """Resolve the workflow's abandoned locks; report each as interrupted."""
         reports = []
         for lock in await self.locks.recover_abandoned(workflow.name):
+            if lock.run_id in self._reported_unresolved:
+                del self._reported_unresolved[lock.run_id]
+                continue
             reports.append(
                 RunReport(
                     agent=lock.agent,
@@ -383,8 +394,9 @@ class Engine:
         try:
             report = await run.finish()
         except Exception as error:
-            # A state store that failed at the resolution: the lock stays
-            # held until its lease expires and it is recovered as interrupted.
+            # A state store that failed at the resolution: the lock stays in
+            # the store until its lease expires and it is recovered as
+            # interrupted.
             logger.exception("resolution_failed", **run.context)
             report = RunReport(
                 agent=run.context["agent"],
@@ -395,10 +407,23 @@ class Engine:
                 reason=f"internal error: {error}",
                 run_id=run.context["run_id"],
             )
+            self._remember_unresolved(report.run_id)
+        else:
+            if report.reason == LEASE_LOST:
+                self._remember_unresolved(report.run_id)
         finally:
             self._in_flight -= 1
             self._runs_done += 1
         publish(report)
+
+    def _remember_unresolved(self, run_id: str | None) -> None:
+        """Note a run reported in error whose lock another process may recover."""
+        if run_id is None:
+            return
+        self._reported_unresolved[run_id] = None
+        if len(self._reported_unresolved) > UNRESOLVED_REMEMBERED:
+            # Locks recovered by other processes are never seen here.
+            del self._reported_unresolved[next(iter(self._reported_unresolved))]
 
     def stop_starting(self) -> None:
         """Start no new run; cycles return once their runs in flight end.

@@ -67,6 +67,8 @@ logger = get_logger()
 #: Reason of a run whose lock could not be taken or resolved before a
 #: shutdown gave up waiting for the state store.
 STORE_ABANDONED = "state store unavailable at shutdown; nothing was written"
+#: Reason of a run whose resolution was rejected: its lock was no longer its own.
+LEASE_LOST = "lease lost"
 
 # Records whose fields nest deeper are invalid: copying a record and
 # evaluating expressions on it recurse once per level, and on CPython 3.11
@@ -564,7 +566,7 @@ async def _resolve(
             await transaction.commit_with_error(None, reason=reason)
         return Outcome.ERROR, reason
     except LeaseLost:
-        return Outcome.ERROR, "lease lost"
+        return Outcome.ERROR, LEASE_LOST
     except BaseException:
         # The store failed the resolution for good (a failed fsync, say),
         # or shutdown gave up on it. Renewing the lease would keep the lock

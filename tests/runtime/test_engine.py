@@ -140,6 +140,40 @@ async def test_failed_resolution_stops_renewal(
     assert any(e["event"] == "lock_abandoned" for e in events)
 
 
+async def test_lease_lost_run_reported_once(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store renewed nothing, so the run's lease lapsed and its commit
+    # was rejected. The next cycle recovers the lock as interrupted in the
+    # store, and does not report the same run a second time.
+    fleet.settings(daemon='lease = "0.3s"')
+    fleet.record("lena", status="approved")
+    fleet.agent(
+        """
+        NAME     Provision
+        MNEMONIC provision
+        WORKFLOW requests
+        SET this.status = "done"
+        EXEC_COMMAND sleep 0.5
+        """
+    )
+    agents = fleet.load()
+    async with fleet.engine() as engine:
+
+        async def renew_nothing(*args: Any, **kwargs: Any) -> list:
+            return []
+
+        monkeypatch.setattr(engine.store, "renew", renew_nothing)
+        [report] = await engine.run_cycle(agents.agents["Provision"])
+        assert report.reason == "lease lost"
+        await anyio.sleep(0.4)
+        again = await engine.run_cycle(agents.agents["Provision"])
+        assert [r.outcome for r in again] == [Outcome.DONE]
+        assert report.run_id not in [r.run_id for r in again]
+        history = await engine.store.history("lena")
+    assert [entry.reason for entry in history] == ["interrupted"]
+
+
 async def test_pretend_runs_nothing_and_writes_nothing(
     fleet: Fleet, events: list
 ) -> None:
