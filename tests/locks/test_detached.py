@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import structlog
 from structlog.contextvars import bind_contextvars
-from structlog.testing import LogCapture
 
 from fleetd.locks.base import LeaseLost
 from fleetd.locks.common import await_detached, keep_detached
 from fleetd.locks.sqlite_writer import StoreClosed
 
 EVENT = "store_write_failed_after_cancel"
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    """Capture log events with the context variables merged in."""
-    capture = LogCapture()
-    old = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, capture],
-        wrapper_class=structlog.make_filtering_bound_logger(0),
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**old)
 
 
 @pytest.fixture

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import LogCapture
 
 from fleetd.config import load_config
 from fleetd.config.model import Config
@@ -93,19 +90,3 @@ class Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
     return Fleet(tmp_path)
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    """Capture log events with the context variables merged in."""
-    capture = LogCapture()
-    old = structlog.get_config()
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, capture],
-        wrapper_class=structlog.make_filtering_bound_logger(0),
-        cache_logger_on_first_use=False,
-    )
-    try:
-        yield capture.entries
-    finally:
-        structlog.configure(**old)
