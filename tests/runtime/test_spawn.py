@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from pathlib import Path
@@ -55,7 +56,8 @@ async def test_program_state_is_reset() -> None:
     # New session, stdin from /dev/null, SIGPIPE at its default, and a
     # descriptor that Python opened (close-on-exec) is not inherited.
     script = (
-        "cut -d' ' -f6 /proc/$$/stat; cat; grep SigIgn /proc/$$/status;"
+        "cut -d' ' -f6 /proc/$$/stat; cat; readlink /proc/$$/fd/0;"
+        " grep SigIgn /proc/$$/status;"
         " [ -e /proc/$$/fd/100 ] && echo inherited || echo closed"
     )
     opened = os.open(os.devnull, os.O_RDONLY)
@@ -67,8 +69,9 @@ async def test_program_state_is_reset() -> None:
         os.close(opened)
 
     assert result.returncode == 0, result.output
-    session, ignored, descriptor = result.output
+    session, stdin, ignored, descriptor = result.output
     assert int(session) == result.pid
+    assert stdin == os.devnull
     assert not int(ignored.split()[1], 16) & (1 << (signal.SIGPIPE - 1))
     assert descriptor == "closed"
 
@@ -170,3 +173,31 @@ async def test_missing_interpreter_named(tmp_path: Path) -> None:
         f"cannot start {script}: No such file or directory"
         " (its interpreter /nonexistent/sh was not found)"
     )
+
+
+def _open_devnulls() -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == os.devnull:
+                count += 1
+        except OSError:
+            pass  # the listing's own descriptor, closed meanwhile
+    return count
+
+
+def test_stdin_descriptor_closes_with_its_loop() -> None:
+    # Each event loop keeps one /dev/null open for its programs' stdin;
+    # it must not outlive the loop.
+    async def start() -> None:
+        result = await run_program(["true"], safe_path=SAFE_PATH)
+        assert result.returncode == 0
+
+    asyncio.run(start())
+    gc.collect()
+    before = _open_devnulls()
+    for _ in range(3):
+        asyncio.run(start())
+    gc.collect()
+
+    assert _open_devnulls() == before
