@@ -27,16 +27,19 @@ def main(args: argparse.Namespace) -> int:
         error(f"fleetd: no agent named {args.agent!r} in {config.conf_dir}")
         return EXIT_USAGE
     mnemonic = loaded.agent.mnemonic
+    workflow = loaded.agent.workflow
+    records = list(dict.fromkeys(args.records))  # a record named twice counts once
     cleared, unmarked = run_async(config, clear_marks, config.daemon.state,
-                                  mnemonic, args.records)  # fmt: skip
+                                  workflow, mnemonic, records)  # fmt: skip
     for record in unmarked:
         error(
-            f"fleetd: record {record!r} has no mark for mnemonic {mnemonic}: "
-            "it is neither committed nor in error, so there was nothing to clear"
+            f"fleetd: record {record!r} of workflow {workflow} has no mark for"
+            f" mnemonic {mnemonic}: it is neither committed nor in error, so there"
+            " was nothing to clear"
         )
     message = (
-        f"cleared {cleared} of {len(args.records)} marks for mnemonic {mnemonic} "
-        f"(agent {args.agent})"
+        f"cleared {cleared} of {len(records)} marks for mnemonic {mnemonic} "
+        f"on workflow {workflow} (agent {args.agent})"
     )
     if cleared:
         message += "; the next cycle runs those records again"
@@ -46,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def clear_marks(
-    url: str, mnemonic: str, records: list[str]
+    url: str, workflow: str, mnemonic: str, records: list[str]
 ) -> tuple[int, list[str]]:
     """Clear the marks of `records`; return how many, and the records without one."""
     from fleetd.locks import open_store
@@ -57,9 +60,9 @@ async def clear_marks(
         marked = {
             mark.key.record
             for mark in await store.marks()
-            if mark.key.mnemonic == mnemonic
+            if mark.key.mnemonic == mnemonic and mark.key.workflow == workflow
         }
         unmarked = [record for record in records if record not in marked]
-        return await store.retry(mnemonic, records), unmarked
+        return await store.retry(workflow, mnemonic, records), unmarked
     finally:
         await store.close()

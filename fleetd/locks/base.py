@@ -193,6 +193,6 @@ class StateStore(Protocol):
         """Resolutions per agent name and resolution value."""
         ...
 
-    async def retry(self, mnemonic: str, records: list[str]) -> int:
-        """Clear the marks of `records` for `mnemonic`; return how many."""
+    async def retry(self, workflow: str, mnemonic: str, records: list[str]) -> int:
+        """Clear the marks of `records` of `workflow` for `mnemonic`; return how many."""
         ...

@@ -571,12 +571,13 @@ class PostgresStore:
 
         return counts
 
-    async def retry(self, mnemonic: str, records: list[str]) -> int:
+    async def retry(self, workflow: str, mnemonic: str, records: list[str]) -> int:
         async def run(connection: asyncpg.Connection, attempt: int) -> int:
             return await connection.fetchval(
-                "WITH cleared AS (DELETE FROM fleetd_marks WHERE mnemonic = $1"
-                " AND record = ANY($2::text[]) RETURNING 1)"
+                "WITH cleared AS (DELETE FROM fleetd_marks WHERE workflow = $1"
+                " AND mnemonic = $2 AND record = ANY($3::text[]) RETURNING 1)"
                 " SELECT count(*) FROM cleared",
+                workflow,
                 mnemonic,
                 records,
             )

@@ -406,13 +406,12 @@ class SQLiteStore:
 
         return await self._read(read)
 
-    async def retry(self, mnemonic: str, records: list[str]) -> int:
+    async def retry(self, workflow: str, mnemonic: str, records: list[str]) -> int:
         def operation(connection: sqlite3.Connection) -> int:
             cleared = 0
             for record in records:
                 cleared += connection.execute(
-                    "DELETE FROM marks WHERE mnemonic = ? AND record = ?",
-                    (mnemonic, record),
+                    f"DELETE FROM marks WHERE {KEY_WHERE}", (workflow, record, mnemonic)
                 ).rowcount
 
             return cleared

@@ -114,13 +114,19 @@ def test_retry_names_records_without_mark(site: Site) -> None:
     site.write("broken.agent", BROKEN)
     site.request("dave", status="approved")
     assert site.run("once").returncode == 1
-    retry = site.run("retry", "-a", "Broken", "dave", "nobody")
+    retry = site.run("retry", "-a", "Broken", "dave", "nobody", "dave")
     assert retry.returncode == 0
-    assert "record 'nobody' has no mark for mnemonic broken" in retry.stderr
+    assert (
+        "record 'nobody' of workflow requests has no mark for mnemonic broken"
+        in retry.stderr
+    )
     assert "record 'dave'" not in retry.stderr
     assert "cleared 1 of 2 marks for mnemonic broken" in retry.stderr
     again = site.run("retry", "-a", "Broken", "dave")
-    assert "record 'dave' has no mark for mnemonic broken" in again.stderr
+    assert (
+        "record 'dave' of workflow requests has no mark for mnemonic broken"
+        in again.stderr
+    )
     assert "cleared 0 of 1 marks" in again.stderr
     assert "the next cycle runs" not in again.stderr
 

@@ -107,7 +107,7 @@ async def test_history_newest_first(store: StateStore) -> None:
     await transaction.rollback(reason="check failed")
     transaction = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
     await transaction.commit_with_error(reason="cleanup failed")
-    assert await store.retry("mk", ["alice"]) == 1
+    assert await store.retry("accounts", "mk", ["alice"]) == 1
     transaction = await locks.begin(KEY, agent="a", run_id="r3", check_mark=True)
     await transaction.commit()
     history = await store.history("alice")
@@ -128,8 +128,9 @@ async def test_retry_clears_marks(store: StateStore) -> None:
             LockKey("accounts", record, "mk"), agent="a", run_id="r", check_mark=True
         )
         await transaction.commit_with_error(reason="failed")
-    assert await store.retry("other", ["alice"]) == 0
-    assert await store.retry("mk", ["alice", "bob", "carol"]) == 2
+    assert await store.retry("accounts", "other", ["alice"]) == 0
+    assert await store.retry("billing", "mk", ["alice"]) == 0
+    assert await store.retry("accounts", "mk", ["alice", "bob", "carol"]) == 2
     assert await store.marks() == []
     transaction = await locks.begin(KEY, agent="a", run_id="r2", check_mark=True)
     assert transaction.grant.token > 0
