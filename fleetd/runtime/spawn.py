@@ -64,21 +64,12 @@ class _Watcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.epoll = select.epoll()
-        # The stdin of every program. The loop waits while the child runs
-        # its file actions, and dup2 of an open descriptor is faster there
-        # than opening /dev/null.
-        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # Descriptor -> (handler, the context of the run that registered it).
         self.handlers: dict[int, tuple[Callable[[], None], contextvars.Context]] = {}
         loop.add_reader(self.epoll.fileno(), self._dispatch)
         # Closed with the loop's last reference, because a closed loop
         # calls no reader and has no hook that reports its closing.
-        weakref.finalize(loop, self._close, self.epoll, self.devnull)
-
-    @staticmethod
-    def _close(epoll: select.epoll, devnull: int) -> None:
-        epoll.close()
-        os.close(devnull)
+        weakref.finalize(loop, self.epoll.close)
 
     def add(
         self, fd: int, handler: Callable[[], None], context: contextvars.Context
@@ -248,7 +239,6 @@ def start_program(
     The caller must be on the running event loop's thread.
     """
     loop = asyncio.get_running_loop()
-    watcher = _watcher(loop)
     _close_inherited_on_exec()
     out_read, out_write = os.pipe()
     try:
@@ -263,7 +253,10 @@ def start_program(
             list(argv),
             _environment() if env is None else env,
             file_actions=[
-                (os.POSIX_SPAWN_DUP2, watcher.devnull, 0),
+                # Opened for each program, read-write as subprocess.DEVNULL
+                # is: file status flags that one program sets on its stdin
+                # (O_NONBLOCK) must not reach the next.
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
                 (os.POSIX_SPAWN_DUP2, out_write, 1),
                 (os.POSIX_SPAWN_DUP2, err_write, 2),
             ],
@@ -294,4 +287,4 @@ def start_program(
 
     pipes = {1: out_read, 2: err_read}
 
-    return SpawnedProgram(watcher, protocol, pid, pidfd, pipes)
+    return SpawnedProgram(_watcher(loop), protocol, pid, pidfd, pipes)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 from pathlib import Path
@@ -175,29 +174,33 @@ async def test_missing_interpreter_named(tmp_path: Path) -> None:
     )
 
 
-def _open_devnulls() -> int:
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == os.devnull:
-                count += 1
-        except OSError:
-            pass  # the listing's own descriptor, closed meanwhile
-    return count
+# Sets O_NONBLOCK on the program's own stdin, as an event loop library may.
+SET_NONBLOCK = (
+    "import fcntl, os;"
+    " fcntl.fcntl(0, fcntl.F_SETFL, fcntl.fcntl(0, fcntl.F_GETFL) | os.O_NONBLOCK)"
+)
 
 
-def test_stdin_descriptor_closes_with_its_loop() -> None:
-    # Each event loop keeps one /dev/null open for its programs' stdin;
-    # it must not outlive the loop.
-    async def start() -> None:
-        result = await run_program(["true"], safe_path=SAFE_PATH)
-        assert result.returncode == 0
+def stdin_flags(output: list[str]) -> int:
+    [line] = [line for line in output if line.startswith("flags:")]
+    return int(line.split()[1], 8)
 
-    asyncio.run(start())
-    gc.collect()
-    before = _open_devnulls()
-    for _ in range(3):
-        asyncio.run(start())
-    gc.collect()
 
-    assert _open_devnulls() == before
+async def test_stdin_flags_not_shared() -> None:
+    first = await run_program(["python3", "-c", SET_NONBLOCK], safe_path=SAFE_PATH)
+    assert first.returncode == 0, first.output
+
+    second = await run_program(
+        ["sh", "-c", "grep flags /proc/self/fdinfo/0"], safe_path=SAFE_PATH
+    )
+
+    assert second.returncode == 0, second.output
+    assert not stdin_flags(second.output) & os.O_NONBLOCK
+
+
+async def test_stdin_is_writable_devnull() -> None:
+    # As with subprocess.DEVNULL, a program may write to its stdin.
+    result = await run_program(["sh", "-c", "echo lost >&0"], safe_path=SAFE_PATH)
+
+    assert result.returncode == 0, result.output
+    assert result.output == []
