@@ -15,12 +15,14 @@ from fleetd import deferred_signals
 from fleetd.cli.common import CommandFailed
 from fleetd.cli.exits import EXIT_USAGE
 from fleetd.cli.parser import build_parser
+from fleetd.streams import reopen_closed
 
 __all__ = ["entry", "main"]
 
 
 def entry() -> None:
     """Run the `fleetd` command and exit with its status."""
+    reopen_closed()
     raise SystemExit(main(exiting=True))
 
 

@@ -40,8 +40,15 @@ class CommandFailed(Exception):
 
 
 def error(message: str) -> None:
-    """Print one error line on standard error."""
-    print(message, file=sys.stderr, flush=True)
+    """Print one error line on standard error, or drop it when that fails."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        # The reader left or the disk is full. The exit status still reports
+        # the result.
+        from fleetd.streams import silence_descriptor
+
+        silence_descriptor(sys.stderr)
 
 
 def setup_logging(args: argparse.Namespace, level: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
@@ -37,6 +36,7 @@ from fleetd.cli.common import (
     run_async,
 )
 from fleetd.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from fleetd.streams import silence_descriptor
 
 if TYPE_CHECKING:
     import anyio
@@ -276,21 +276,22 @@ class ReportOutput:
         """
         if self.stdout_failed:
             return
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except OSError as error:
+        stdout = sys.stdout
+        if stdout is None:
+            # Descriptor 1 was closed when Python started.
             self.stdout_failed = True
-            # Point the descriptor at /dev/null, so that the flush at exit
-            # does not raise the same error again.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            return
+        try:
+            stdout.write(text)
+            stdout.flush()
+        except (OSError, ValueError) as error:
+            self.stdout_failed = True
+            silence_descriptor(stdout)
             import structlog
 
             structlog.get_logger().warning(
                 "stdout_failed",
-                error=error.strerror or str(error),
+                error=getattr(error, "strerror", None) or str(error),
                 effect="the remaining ECHO lines and reports are dropped",
             )
 

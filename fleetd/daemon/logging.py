@@ -25,9 +25,11 @@ and lists, is rendered as `***` by every output.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -42,6 +44,7 @@ from fleetd.daemon.journal import (
     journal_stream_matches,
 )
 from fleetd.logs import set_threshold
+from fleetd.streams import LogStream
 
 __all__ = [
     "LEVELS",
@@ -320,8 +323,11 @@ def configure_logging(
         ValueError: `level` or `target` is not one of the allowed names.
     """
     global _min_level
-    out = stream if stream is not None else sys.stderr
-    chosen = resolve_target(target, out)
+    stream = stream if stream is not None else sys.stderr
+    chosen = resolve_target(target, stream)
+    out = LogStream(
+        stream, _dropped_line_text if chosen == "console" else _dropped_line_json
+    )
     _min_level = LEVELS[canonical_level(level)]
     set_threshold(_min_level)
 
@@ -332,7 +338,7 @@ def configure_logging(
     ]
     logger_factory: Callable[..., Any]
     if chosen == "journal":
-        journal = JournalLogger(journal_socket, fallback=out)
+        journal = JournalLogger(journal_socket, fallback=out)  # type: ignore[arg-type]
         processors += [structlog.processors.format_exc_info, JournaldRenderer()]
 
         def logger_factory(*args: Any) -> JournalLogger:
@@ -341,16 +347,16 @@ def configure_logging(
     elif chosen == "console":
         processors += [
             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
-            structlog.dev.ConsoleRenderer(colors=_is_terminal(out)),
+            structlog.dev.ConsoleRenderer(colors=_is_terminal(stream)),
         ]
-        logger_factory = structlog.WriteLoggerFactory(file=out)
+        logger_factory = structlog.WriteLoggerFactory(file=out)  # type: ignore[arg-type]
     else:
         processors += [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(default=str, ensure_ascii=False),
         ]
-        logger_factory = structlog.WriteLoggerFactory(file=out)
+        logger_factory = structlog.WriteLoggerFactory(file=out)  # type: ignore[arg-type]
 
     structlog.configure(
         processors=processors,
@@ -362,6 +368,21 @@ def configure_logging(
     _bridge_stdlib_logging()
 
     return chosen
+
+
+def _dropped_line_json(count: int) -> str:
+    """Return the JSON line that reports `count` log lines lost to write errors."""
+    at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    event = {"count": count, "event": "log_lines_dropped", "level": "warning"}
+
+    return json.dumps({**event, "timestamp": at}) + "\n"
+
+
+def _dropped_line_text(count: int) -> str:
+    """Return the console line that reports `count` log lines lost to write errors."""
+    at = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+    return f"{at} [warning  ] log_lines_dropped count={count}\n"
 
 
 def _bridge_stdlib_logging() -> None:
