@@ -11,17 +11,40 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 
 def load_json(data: str | bytes) -> Any:
     """Parse `data`, raising ValueError on NaN, Infinity or a number out of range."""
-    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite)
+    try:
+        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite)
+    except ValueError as error:
+        if _beyond_digit_limit(error):
+            raise _digit_limit_error() from None
+        raise
 
 
 def dump_json(value: Any, *, indent: int | None = None) -> str:
     """Serialize `value`, raising ValueError on a NaN or infinite float."""
-    return json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False)
+    try:
+        return json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False)
+    except ValueError as error:
+        if _beyond_digit_limit(error):
+            raise _digit_limit_error() from None
+        raise
+
+
+def _beyond_digit_limit(error: ValueError) -> bool:
+    # Python's own message for it tells the reader to change an interpreter
+    # setting (sys.set_int_max_str_digits), which no operator of fleetd can.
+    return "integer string conversion" in str(error)
+
+
+def _digit_limit_error() -> ValueError:
+    limit = sys.get_int_max_str_digits()
+
+    return ValueError(f"an integer has more than {limit} digits, the limit")
 
 
 def _reject_constant(name: str) -> Any:

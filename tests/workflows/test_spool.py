@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,4 +211,27 @@ async def test_commit_of_non_finite_value_fails(spool: Path) -> None:
     [record] = await workflow.records()
     with pytest.raises(WorkflowError, match="cannot write the changes as JSON"):
         await workflow.commit(record, {"n": float("inf")})
+    assert json.loads((spool / "a.json").read_text()) == {"n": 1}
+
+
+async def test_integer_beyond_digit_limit_is_invalid(spool: Path) -> None:
+    limit = sys.get_int_max_str_digits()
+    (spool / "long.json").write_text('{"n": ' + "7" * (limit + 1) + "}")
+    (spool / "broken.json").write_text('{"n": ')
+    records = {r.id: r for r in await SpoolWorkflow("req", spool).records()}
+
+    reason = records["long"].invalid
+    assert reason == f"invalid JSON: an integer has more than {limit} digits, the limit"
+    assert "set_int_max_str_digits" not in reason
+    assert records["broken"].invalid is not None
+    assert records["broken"].invalid.startswith("invalid JSON: Expecting value")
+
+
+async def test_commit_of_long_integer_fails(spool: Path) -> None:
+    (spool / "a.json").write_text('{"n": 1}')
+    workflow = SpoolWorkflow("req", spool)
+    [record] = await workflow.records()
+    with pytest.raises(WorkflowError, match="more than .* digits") as raised:
+        await workflow.commit(record, {"n": 10 ** (sys.get_int_max_str_digits() + 1)})
+    assert "set_int_max_str_digits" not in str(raised.value)
     assert json.loads((spool / "a.json").read_text()) == {"n": 1}
