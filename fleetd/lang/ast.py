@@ -25,7 +25,7 @@ than 1 ms (Python 3.11, msgspec 0.23, a 2-core AMD EPYC).
 from __future__ import annotations
 
 import enum
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -156,19 +156,19 @@ class Or(msgspec.Struct, frozen=True):
     column: int
 
 
-Expr = Union[
-    Literal,
-    Template,
-    Variable,
-    ListExpr,
-    FunctionCall,
-    Compare,
-    Membership,
-    Match,
-    Not,
-    And,
-    Or,
-]
+Expr = (
+    Literal
+    | Template
+    | Variable
+    | ListExpr
+    | FunctionCall
+    | Compare
+    | Membership
+    | Match
+    | Not
+    | And
+    | Or
+)
 
 
 # -- commands ---------------------------------------------------------------
@@ -306,21 +306,21 @@ class CleanupBlock(msgspec.Struct, frozen=True):
     phase: Phase = Phase.CLEANUP
 
 
-Command = Union[
-    Condition,
-    Assign,
-    Echo,
-    Log,
-    ExecCommand,
-    ProgramStart,
-    ProgramOption,
-    ProgramExec,
-    CallCommand,
-    When,
-    Foreach,
-    Parallel,
-    CleanupBlock,
-]
+Command = (
+    Condition
+    | Assign
+    | Echo
+    | Log
+    | ExecCommand
+    | ProgramStart
+    | ProgramOption
+    | ProgramExec
+    | CallCommand
+    | When
+    | Foreach
+    | Parallel
+    | CleanupBlock
+)
 Block = (When, Foreach, Parallel, CleanupBlock)
 
 
