@@ -131,18 +131,24 @@ def errors_of(conf_dir: Path) -> list[str]:
             "workflows.pg: missing key dsn, expected a postgresql:// URL",
         ),
         (
-            '[workflows.pg]\nkind = "postgresql"\ntable = "t"\n'
-            'dsn = "mysql://fleet:s3cret@db/fleet"\n',
-            "workflows.pg.dsn: expected a postgresql:// URL, got "
-            "'mysql://fleet:***@db/fleet'",
+            (
+                '[workflows.pg]\nkind = "postgresql"\ntable = "t"\n'
+                'dsn = "mysql://fleet:s3cret@db/fleet"\n'
+            ),
+            (
+                "workflows.pg.dsn: expected a postgresql:// URL, got "
+                "'mysql://fleet:***@db/fleet'"
+            ),
         ),
         (
             '[workflows.cmd]\nkind = "command"\n',
             "workflows.cmd: missing key list_command, expected a list of words",
         ),
         (
-            '[workflows.cmd]\nkind = "command"\nlist_command = ["ls"]\n'
-            'timeout = "0s"\n',
+            (
+                '[workflows.cmd]\nkind = "command"\nlist_command = ["ls"]\n'
+                'timeout = "0s"\n'
+            ),
             "workflows.cmd.timeout: expected a duration above 0",
         ),
         (
