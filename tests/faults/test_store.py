@@ -263,7 +263,9 @@ def pg_marks(dsn: str, schema: str) -> dict[str, str]:
 
 
 @pytest.mark.postgres
-def test_postgresql_restart_daemon_retries(site: Site, private_server: PrivateServer) -> None:
+def test_postgresql_restart_daemon_retries(
+    site: Site, private_server: PrivateServer
+) -> None:
     # A server of the test's own: stopping the shared one would fail the
     # PostgreSQL tests that run beside this one.
     dsn = private_server.url

@@ -23,4 +23,3 @@ async def test_null_has_one_empty_record() -> None:
 def test_unknown_kind_fails() -> None:
     with pytest.raises(WorkflowError, match="unknown kind 'ldap'"):
         open_workflow(WorkflowSettings("x", "ldap", {}))
-
