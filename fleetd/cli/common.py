@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from fleetd.config import Config
     from fleetd.lang import Registry
+    from fleetd.locks import StateStore
     from fleetd.runtime import AgentSet
 
 # Events of the agent loader that `load_and_show_agents` replaces with its
@@ -237,6 +238,29 @@ def run_async(config: Config, function: Any, *args: Any) -> Any:
             advice = "check the daemon.state setting and the folder's permissions"
         error(f"fleetd: state store {redact_url(state)} failed: {failure}; {advice}")
         raise CommandFailed(EXIT_FAILURE) from None
+
+
+async def open_store_to_read(url: str) -> StateStore:
+    """Open the state store at `url` for a command that only reads it.
+
+    A user who may read the store but not write it (a state file owned by
+    another user, a read-only mount) gets it opened read-only. When that
+    fails too, the error of the usual open is raised.
+    """
+    from fleetd.locks import open_store
+
+    store = open_store(url)
+    try:
+        await store.open()
+    except _store_errors() as failure:
+        reader = open_store(url)
+        try:
+            await reader.open(read_only=True)
+        except _store_errors():
+            raise failure from None
+        return reader
+
+    return store
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:

@@ -12,6 +12,7 @@ from fleetd.cli.common import (
     error,
     format_table,
     load,
+    open_store_to_read,
     run_async,
     timestamp,
 )
@@ -46,10 +47,7 @@ def main(args: argparse.Namespace) -> int:
 async def read_history(
     url: str, record: str, workflow: str | None
 ) -> list[dict[str, Any]]:
-    from fleetd.locks import open_store
-
-    store = open_store(url)
-    await store.open()
+    store = await open_store_to_read(url)
     try:
         entries = await store.history(record, workflow)
     finally:

@@ -13,6 +13,7 @@ from fleetd.cli.common import (
     load,
     load_agents,
     load_registry,
+    open_store_to_read,
     run_async,
     timestamp,
 )
@@ -44,10 +45,8 @@ async def collect_status(
 ) -> dict[str, Any]:
     """Read the state store and build the object `status --json` prints."""
     from fleetd.config import redact_url
-    from fleetd.locks import open_store
 
-    store = open_store(config.daemon.state)
-    await store.open()
+    store = await open_store_to_read(config.daemon.state)
     try:
         locks = await store.locks()
         marks = await store.marks(errors_only=True)

@@ -122,8 +122,13 @@ class StateStore(Protocol):
 
     url: str
 
-    async def open(self) -> None:
-        """Connect, create or migrate the schema."""
+    async def open(self, *, read_only: bool = False) -> None:
+        """Connect, create or migrate the schema.
+
+        With `read_only`, only the read methods (`locks`, `marks`, `history`,
+        `counts`) may be called: the schema must already be at this
+        version, and nothing is created or written.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -63,7 +63,7 @@ from fleetd.locks.common import (
     mark_from_row,
     same_claim,
 )
-from fleetd.locks.postgres_schema import migrate
+from fleetd.locks.postgres_schema import check_schema, migrate
 
 log = structlog.get_logger()
 
@@ -156,15 +156,22 @@ class PostgresStore:
             self._resolve_batch, max_batch=MAX_BATCH, keep=self._tasks
         )
 
-    async def open(self) -> None:
-        """Connect and migrate; retry a server that is not up yet a few times."""
+    async def open(self, *, read_only: bool = False) -> None:
+        """Connect and migrate; retry a server that is not up yet a few times.
+
+        With `read_only`, check the schema version instead of migrating, so a
+        role that may only read the tables can open the store.
+        """
         for attempt in range(1, self.open_attempts + 1):
             try:
                 self._pool = await asyncpg.create_pool(
                     self.url, min_size=1, max_size=self.pool_size
                 )
                 async with self._pool.acquire() as connection:
-                    await migrate(connection, offline=False)
+                    if read_only:
+                        await check_schema(connection)
+                    else:
+                        await migrate(connection, offline=False)
                 return
             except Exception as error:
                 if self._pool is not None:

@@ -280,6 +280,23 @@ async def migrate(connection: asyncpg.Connection, *, offline: bool) -> int:
     return SCHEMA_VERSION
 
 
+async def check_schema(connection: asyncpg.Connection) -> int:
+    """Raise SchemaError unless the schema is at this fleetd's version."""
+    exists = await connection.fetchval("SELECT to_regclass('fleetd_schema')")
+    version = 0
+    if exists is not None:
+        version = await connection.fetchval("SELECT max(version) FROM fleetd_schema")
+    version = version or 0
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"state database schema version {version} is not this fleetd's"
+            f" ({SCHEMA_VERSION}); open it once with write access to create or"
+            " upgrade it"
+        )
+
+    return version
+
+
 async def upgrade(url: str) -> int:
     """Create or migrate the schema at `url`, offline migrations included."""
     connection = await asyncpg.connect(url)

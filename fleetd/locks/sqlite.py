@@ -43,7 +43,13 @@ from fleetd.locks.common import (
     lock_from_row,
     mark_from_row,
 )
-from fleetd.locks.sqlite_writer import BatchWriter, StoreClosed, connect, is_transient
+from fleetd.locks.sqlite_writer import (
+    BatchWriter,
+    StoreClosed,
+    connect,
+    connect_read_only,
+    is_transient,
+)
 from fleetd.logs import get_logger
 
 log = get_logger()
@@ -111,6 +117,25 @@ def migrate(connection: sqlite3.Connection) -> int:
     return SCHEMA_VERSION
 
 
+def check_schema(connection: sqlite3.Connection) -> int:
+    """Raise SchemaError unless the schema is at this fleetd's version."""
+    try:
+        row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+        row = None
+    version = (row[0] if row else None) or 0
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"state database schema version {version} is not this fleetd's"
+            f" ({SCHEMA_VERSION}); open it once with write access to create or"
+            " upgrade it"
+        )
+
+    return version
+
+
 class SQLiteStore:
     """State store in one SQLite file; see the module docstring."""
 
@@ -123,14 +148,20 @@ class SQLiteStore:
         self._writer = BatchWriter(self.path, busy_timeout=busy_timeout)
         self._reader: ThreadPoolExecutor | None = None
         self._read_connection: sqlite3.Connection | None = None
+        self._read_only = False
         self._tasks: set[asyncio.Future[Any]] = set()
 
-    async def open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+    async def open(self, *, read_only: bool = False) -> None:
+        self._read_only = read_only
+        if not read_only:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="fleetd-sqlite-reader")
         try:
-            await self._writer.start()
-            await self._writer.submit(migrate)
+            if read_only:
+                await self._read(check_schema)
+            else:
+                await self._writer.start()
+                await self._writer.submit(migrate)
         except BaseException:
             await self.close()
             raise
@@ -432,7 +463,8 @@ class SQLiteStore:
         while True:
             try:
                 if self._read_connection is None:
-                    self._read_connection = connect(self.path, self.busy_timeout)
+                    opener = connect_read_only if self._read_only else connect
+                    self._read_connection = opener(self.path, self.busy_timeout)
                 return read(self._read_connection)
             except sqlite3.Error as error:
                 attempt += 1

@@ -51,6 +51,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -110,6 +111,34 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     )
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
+
+    return connection
+
+
+def connect_read_only(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open `path` for reading only, for a user who may not write to it.
+
+    A reader of a WAL database needs its -wal and -shm files and creates
+    them when they are missing (SQLite 3.22 and later; "Read-Only
+    Databases" in SQLite's WAL documentation). On a read-only file system
+    it cannot, so a database without a -wal file is opened as immutable:
+    nothing can change it there.
+    """
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    connection = sqlite3.connect(
+        uri, uri=True, timeout=busy_timeout, isolation_level=None,
+        check_same_thread=False,
+    )  # fmt: skip
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        connection.close()
+        if os.path.exists(os.path.realpath(path) + "-wal"):
+            raise  # immutable would ignore the commits in the WAL
+        connection = sqlite3.connect(
+            f"{uri}&immutable=1", uri=True, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
 
     return connection
 

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -302,3 +303,34 @@ def test_history_of_null_records(site: Site) -> None:
     assert entry["workflow"] == "Null"
     assert entry["record"] is None
     assert entry["resolution"] == "error"
+
+
+def test_status_reads_store_on_immutable_folder(site: Site, tmp_path: Path) -> None:
+    # As on a read-only mount, or for a user who may not write the state:
+    # status and history still read it.
+    folder = tmp_path / "state"
+    folder.mkdir()
+    site.write("90-state.toml", f'[daemon]\nstate = "sqlite:///{folder}/state.db"\n')
+    site.write("broken.agent", BROKEN)
+    site.request("dave", status="approved")
+    assert site.run("once").returncode == 1
+    attribute = subprocess.run(
+        ["chattr", "+i", str(folder)], check=False, capture_output=True
+    )
+    if attribute.returncode != 0:
+        pytest.skip("cannot make a folder immutable on this file system")
+    try:
+        status = site.run("status", "--json")
+        history = site.run("history", "--json", "dave")
+        retry = site.run("retry", "-a", "Broken", "dave")
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+    assert status.returncode == 0, status.stderr
+    [mark] = json.loads(status.stdout)["errors"]
+    assert mark["record"] == "dave"
+    assert history.returncode == 0, history.stderr
+    entries = [json.loads(line) for line in history.stdout.splitlines()]
+    assert [entry["resolution"] for entry in entries] == ["error"]
+    assert retry.returncode == 1
+    assert "failed" in retry.stderr
