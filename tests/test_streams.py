@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from fleetd.streams import LogStream
+from fleetd.streams import LineStream
 
 
 def dropped_line(count: int) -> str:
@@ -41,7 +41,7 @@ def test_log_stream_drops_line_on_broken_pipe() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     with open(write_end, "w") as stream:
-        log = LogStream(stream, dropped_line)
+        log = LineStream(stream, dropped_line)
         log.write("lost\n")
         log.write("lost too\n")
 
@@ -54,7 +54,7 @@ def test_log_stream_reports_dropped_lines() -> None:
     fcntl.fcntl(write_end, fcntl.F_SETFL, flags | os.O_NONBLOCK)
     capacity = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
     with open(write_end, "w") as stream, open(read_end, "rb") as reader:
-        log = LogStream(stream, dropped_line)
+        log = LineStream(stream, dropped_line)
         log.write("x" * capacity)  # fills the pipe
         log.write("lost\n")  # EAGAIN
         assert log.dropped == 1
@@ -68,7 +68,7 @@ def test_log_stream_reports_dropped_lines() -> None:
 
 def test_log_stream_without_descriptor() -> None:
     stream = io.StringIO()
-    log = LogStream(stream, dropped_line)
+    log = LineStream(stream, dropped_line)
     log.write("kept\n")
     stream.close()
     log.write("lost\n")

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 from collections.abc import Sequence
 
 from fleetd import deferred_signals
-from fleetd.cli.common import CommandFailed
+from fleetd.cli.common import CommandFailed, error
 from fleetd.cli.exits import EXIT_USAGE
 from fleetd.cli.parser import build_parser
 from fleetd.streams import reopen_closed
@@ -37,8 +36,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_usage(sys.stderr)
-        print("fleetd: error: a command is required", file=sys.stderr)
+        error(parser.format_usage().rstrip("\n"))
+        error("fleetd: error: a command is required")
         return EXIT_USAGE
     args.verbosity = (args.verbose_main or 0) + (args.verbose_sub or 0)
     args.verbosity -= (args.quiet_main or 0) + (args.quiet_sub or 0)

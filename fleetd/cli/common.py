@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetd.cli.exits import EXIT_FAILURE, EXIT_USAGE
+from fleetd.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
@@ -50,6 +50,25 @@ def error(message: str) -> None:
         from fleetd.streams import silence_descriptor
 
         silence_descriptor(sys.stderr)
+
+
+def print_output(text: str) -> int:
+    """Write a command's whole output to standard output; return the exit status.
+
+    A full disk or a reader that left ends the command with status 1 and
+    one error line, not a traceback.
+    """
+    from fleetd.streams import LineStream
+
+    if sys.stdout is None:
+        return EXIT_OK  # descriptor 1 was closed when Python started
+    stream = LineStream(sys.stdout)
+    if stream.write(text):
+        return EXIT_OK
+    reason = getattr(stream.error, "strerror", None) or stream.error
+    error(f"fleetd: cannot write to standard output: {reason}")
+
+    return EXIT_FAILURE
 
 
 def setup_logging(args: argparse.Namespace, level: str) -> None:

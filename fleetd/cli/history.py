@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from fleetd.cli.common import (
@@ -13,6 +12,7 @@ from fleetd.cli.common import (
     format_table,
     load,
     open_store_to_read,
+    print_output,
     run_async,
     timestamp,
 )
@@ -27,9 +27,9 @@ def main(args: argparse.Namespace) -> int:
     entries = run_async(config, read_history, config.daemon.state, args.record,
                         args.workflow)  # fmt: skip
     if args.json:
-        for entry in entries:
-            sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    elif entries:
+        lines = [json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries]
+        return print_output("".join(lines))
+    if entries:
         rows = [
             [e["at"], e["agent"], e["workflow"], e["resolution"], e["owner"],
              e["run_id"], e["reason"]]
@@ -37,9 +37,8 @@ def main(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         header = ["AT", "AGENT", "WORKFLOW", "RESOLUTION", "OWNER", "RUN", "REASON"]
         title = args.record or "Null workflow runs (no record id)"
-        sys.stdout.write(f"{title}\n{format_table(header, rows)}\n")
-    else:
-        error(f"fleetd: no resolution of record {args.record!r} in the state store")
+        return print_output(f"{title}\n{format_table(header, rows)}\n")
+    error(f"fleetd: no resolution of record {args.record!r} in the state store")
 
     return EXIT_OK
 

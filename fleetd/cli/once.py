@@ -36,7 +36,7 @@ from fleetd.cli.common import (
     run_async,
 )
 from fleetd.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from fleetd.streams import silence_descriptor
+from fleetd.streams import write_stdout
 
 if TYPE_CHECKING:
     import anyio
@@ -254,7 +254,6 @@ class ReportOutput:
         self.as_json = as_json
         self.terminal = terminal
         self.failed = False
-        self.stdout_failed = False
         # Why the current agent's cycle failed before any run, if it did.
         self.cycle_error: str | None = None
         self._reports: list[RunReport] = []
@@ -267,33 +266,14 @@ class ReportOutput:
         self.write(line + "\n")
 
     def write(self, text: str) -> None:
-        """Write `text` to standard output, or drop it once that failed.
+        """Write `text` to standard output, or drop it when that fails.
 
         A reader that closes the pipe early (`fleetd once | head`) or a full
         disk must not fail the runs in progress. Their ECHO lines and reports
         are dropped, but each run still ends in its commit or rollback, and
         the exit status still follows the outcomes.
         """
-        if self.stdout_failed:
-            return
-        stdout = sys.stdout
-        if stdout is None:
-            # Descriptor 1 was closed when Python started.
-            self.stdout_failed = True
-            return
-        try:
-            stdout.write(text)
-            stdout.flush()
-        except (OSError, ValueError) as error:
-            self.stdout_failed = True
-            silence_descriptor(stdout)
-            import structlog
-
-            structlog.get_logger().warning(
-                "stdout_failed",
-                error=getattr(error, "strerror", None) or str(error),
-                effect="the remaining ECHO lines and reports are dropped",
-            )
+        write_stdout(text)
 
     def start_agent(self, loaded: LoadedAgent) -> None:
         self._agent = loaded

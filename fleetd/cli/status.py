@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 from fleetd.cli.common import (
@@ -14,10 +13,10 @@ from fleetd.cli.common import (
     load_agents,
     load_registry,
     open_store_to_read,
+    print_output,
     run_async,
     timestamp,
 )
-from fleetd.cli.exits import EXIT_OK
 
 if TYPE_CHECKING:
     from fleetd.config import Config
@@ -33,11 +32,9 @@ def main(args: argparse.Namespace) -> int:
     agent_set, errors = load_agents(config, registry)
     status = run_async(config, collect_status, config, agent_set, errors)
     if args.json:
-        sys.stdout.write(json.dumps(status, ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(render_status(status))
+        return print_output(json.dumps(status, ensure_ascii=False) + "\n")
 
-    return EXIT_OK
+    return print_output(render_status(status))
 
 
 async def collect_status(

@@ -44,7 +44,7 @@ from fleetd.daemon.journal import (
     journal_stream_matches,
 )
 from fleetd.logs import set_threshold
-from fleetd.streams import LogStream
+from fleetd.streams import LineStream
 
 __all__ = [
     "LEVELS",
@@ -325,7 +325,7 @@ def configure_logging(
     global _min_level
     stream = stream if stream is not None else sys.stderr
     chosen = resolve_target(target, stream)
-    out = LogStream(
+    out = LineStream(
         stream, _dropped_line_text if chosen == "console" else _dropped_line_json
     )
     _min_level = LEVELS[canonical_level(level)]

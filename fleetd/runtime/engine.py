@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from fleetd.runtime.loop import pidfd_child_watcher
 from fleetd.runtime.report import Outcome, RunReport
 from fleetd.runtime.run import LEASE_LOST, PendingRun, RunSettings, start_record
 from fleetd.runtime.slots import RunSlots
+from fleetd.streams import write_stdout
 from fleetd.workflows import Workflow, open_workflow
 from fleetd.workflows.base import Record
 
@@ -85,9 +85,12 @@ class EngineStatistics(msgspec.Struct, frozen=True):
 
 
 def write_echo(text: str) -> None:
-    """Write one ECHO line to standard output."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    """Write one ECHO line to standard output, or drop it when that fails.
+
+    Standard output is where the line goes, not part of the run: a full
+    disk or a journal stream that closed must not fail Run.
+    """
+    write_stdout(text + "\n")
 
 
 class Engine:
