@@ -213,8 +213,9 @@ async def watch_signals(
         async for number in signals:
             log.warning("shutdown_grace_skipped", signal=signal.Signals(number).name)
             break
-    log.warning("runs_cancelled")
-    engine.cancel_runs()
+    cancelled = engine.cancel_runs()
+    if cancelled:
+        log.warning("runs_cancelled", runs_cancelled=cancelled)
 
 
 class ProgressTerminal:

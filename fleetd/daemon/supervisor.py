@@ -295,14 +295,15 @@ class Supervisor:
         grace = self._config.daemon.shutdown_grace
         with anyio.move_on_after(grace):
             await self._force_stop.wait()
-        in_flight = self.statistics().runs_in_flight
-        self._cancelled_runs = in_flight
         reason = (
             "second signal" if self._force_stop.is_set() else "shutdown grace expired"
         )
-        if in_flight:
-            log.warning("runs_cancelled", reason=reason, runs_cancelled=in_flight)
-        self._engine.cancel_runs()
+        # Runs already in Cleanup finish as they would have; only the others
+        # are cancelled.
+        cancelled = self._engine.cancel_runs()
+        self._cancelled_runs = cancelled
+        if cancelled:
+            log.warning("runs_cancelled", reason=reason, runs_cancelled=cancelled)
 
     # -- reload -------------------------------------------------------------
 

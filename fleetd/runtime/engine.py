@@ -211,6 +211,7 @@ class Engine:
             cleanup_timeout=daemon.cleanup_timeout,
             pretend=self.pretend,
             store_waits=self._store_waits,
+            run_scopes=self._run_scopes,
         )
 
     async def _recover(self, workflow: Workflow) -> list[RunReport]:
@@ -438,13 +439,15 @@ class Engine:
         for scope in list(self._preparing):
             scope.cancel()
 
-    def cancel_runs(self) -> None:
+    def cancel_runs(self) -> int:
         """Stop starting runs and cancel Check and Run of the runs in flight.
 
-        Their Cleanup and resolution still run, shielded.
+        Their Cleanup and resolution still run, shielded. Returns how many
+        runs had not yet reached Cleanup, so that cancelling stops them.
         """
         self.stop_starting()
         self._cancelling = True
+        cancelled = len(self._run_scopes)
         for scope in list(self._run_scopes):
             scope.cancel()
         # A state store that is down, busy or full would keep runs retrying
@@ -453,6 +456,8 @@ class Engine:
             delay = self.config.daemon.cleanup_timeout + STORE_WAIT_AFTER_CANCEL
             loop = asyncio.get_running_loop()
             self._give_up = loop.call_later(delay, self._abandon_store_waits)
+
+        return cancelled
 
     def _abandon_store_waits(self) -> None:
         """Cancel the runs still waiting on the state store after `cancel_runs`.

@@ -94,6 +94,9 @@ class RunSettings(msgspec.Struct):
     # Scopes of runs waiting on the state store (taking or resolving a lock),
     # which `Engine.cancel_runs` cancels when the store stays unavailable.
     store_waits: set[anyio.CancelScope] = msgspec.field(default_factory=set)
+    # Scopes of runs that have not yet left Check and Run; a run's scope
+    # leaves this set when Cleanup starts. `Engine.cancel_runs` cancels these.
+    run_scopes: set[anyio.CancelScope] = msgspec.field(default_factory=set)
 
 
 # Run ids are a random prefix per process and a counter: unique like a
@@ -427,6 +430,7 @@ async def _run(
             logger.exception("run_crashed")
             run_succeeded = False
             run_reason = f"internal error: {type(error).__name__}: {error}"
+    settings.run_scopes.discard(outer)
     timed_out = outer.cancelled_caught and anyio.current_time() >= outer.deadline
     if timed_out:
         run_succeeded = False

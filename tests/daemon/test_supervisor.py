@@ -169,11 +169,12 @@ class FakeEngine:
     def stop_starting(self) -> None:
         self.stopping = True
 
-    def cancel_runs(self) -> None:
+    def cancel_runs(self) -> int:
         self.stopping = True
         self.cancel_calls += 1
         for scope in list(self._scopes):
             scope.cancel()
+        return len(self._scopes)
 
     def statistics(self) -> FakeStatistics:
         return FakeStatistics(len(self._scopes), len(self.cycles), None)

@@ -319,7 +319,7 @@ async def test_cancel_runs_fails_run_but_cleans_up(fleet: Fleet) -> None:
             group.start_soon(cycle)
             await anyio.to_thread.run_sync(wait_for_file, pidfile)
             assert engine.statistics().runs_in_flight == 1
-            engine.cancel_runs()
+            assert engine.cancel_runs() == 1
         [report] = reports
         assert report.run is PhaseResult.FAILED
         assert report.reason == "cancelled by shutdown"
@@ -328,6 +328,36 @@ async def test_cancel_runs_fails_run_but_cleans_up(fleet: Fleet) -> None:
         assert process_gone(int(pidfile.read_text()))
         assert await engine.store.locks() == []
         assert engine.statistics().runs_in_flight == 0
+
+
+async def test_cancel_runs_skips_runs_in_cleanup(fleet: Fleet) -> None:
+    # A run that already reached Cleanup is not cancelled, and not counted.
+    ready = fleet.root / "ready"
+    fleet.agent(
+        f"""
+        NAME     Cleaning
+        MNEMONIC cleaning
+        EXEC_COMMAND true
+        CLEANUP
+            EXEC_COMMAND sh -c "echo 1 > {ready}; sleep 0.3"
+        END
+        """
+    )
+    [loaded] = fleet.load().agents.values()
+    async with fleet.engine() as engine:
+        async with anyio.create_task_group() as group:
+            reports: list = []
+
+            async def cycle() -> None:
+                reports.extend(await engine.run_cycle(loaded))
+
+            group.start_soon(cycle)
+            await anyio.to_thread.run_sync(wait_for_file, ready)
+            assert engine.statistics().runs_in_flight == 1
+            assert engine.cancel_runs() == 0
+        [report] = reports
+        assert report.run is PhaseResult.SUCCEEDED
+        assert report.outcome is Outcome.COMMITTED
 
 
 async def test_cleanup_survives_outer_cancellation(fleet: Fleet) -> None:
