@@ -118,11 +118,11 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
 def connect_read_only(path: str, busy_timeout: float) -> sqlite3.Connection:
     """Open `path` for reading only, for a user who may not write to it.
 
-    A reader of a WAL database needs its -wal and -shm files and creates
-    them when they are missing (SQLite 3.22 and later; "Read-Only
-    Databases" in SQLite's WAL documentation). On a read-only file system
-    it cannot, so a database without a -wal file is opened as immutable:
-    nothing can change it there.
+    A reader of a WAL database needs its -wal and -shm files, and it
+    creates them when they are missing. This is SQLite 3.22 and later, as
+    "Read-Only Databases" in SQLite's WAL documentation describes. On a
+    read-only file system it cannot create them, so a database without a
+    -wal file is opened as immutable, because nothing can change it there.
     """
     uri = f"{Path(path).resolve().as_uri()}?mode=ro"
     connection = sqlite3.connect(
