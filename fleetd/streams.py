@@ -53,7 +53,8 @@ def silence_descriptor(stream: TextIO) -> None:
     """Point the descriptor of `stream` at /dev/null.
 
     For a stream whose writes failed: the interpreter flushes it at exit,
-    and a flush that fails again prints a traceback and exits with 120.
+    and when that flush fails too, Python prints "Exception ignored" and
+    exits with status 120.
     """
     try:
         fd = stream.fileno()
