@@ -27,6 +27,16 @@ class SchemaError(Exception):
     """The database schema cannot be used by this version of fleetd."""
 
 
+def require_schema_version(version: int, expected: int) -> None:
+    """Raise SchemaError unless a store read only opens a schema at `expected`."""
+    if version != expected:
+        raise SchemaError(
+            f"state database schema version {version} is not this fleetd's"
+            f" ({expected}); open it once with write access to create or"
+            " upgrade it"
+        )
+
+
 async def await_detached(
     awaitable: Awaitable[T],
     keep: set[asyncio.Future[Any]],

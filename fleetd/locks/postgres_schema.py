@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
-from fleetd.locks.common import SchemaError
+from fleetd.locks.common import SchemaError, require_schema_version
 
 log = structlog.get_logger()
 
@@ -287,12 +287,7 @@ async def check_schema(connection: asyncpg.Connection) -> int:
     if exists is not None:
         version = await connection.fetchval("SELECT max(version) FROM fleetd_schema")
     version = version or 0
-    if version != SCHEMA_VERSION:
-        raise SchemaError(
-            f"state database schema version {version} is not this fleetd's"
-            f" ({SCHEMA_VERSION}); open it once with write access to create or"
-            " upgrade it"
-        )
+    require_schema_version(version, SCHEMA_VERSION)
 
     return version
 

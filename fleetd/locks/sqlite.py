@@ -42,6 +42,7 @@ from fleetd.locks.common import (
     keep_detached,
     lock_from_row,
     mark_from_row,
+    require_schema_version,
 )
 from fleetd.locks.sqlite_writer import (
     BatchWriter,
@@ -126,12 +127,7 @@ def check_schema(connection: sqlite3.Connection) -> int:
             raise
         row = None
     version = (row[0] if row else None) or 0
-    if version != SCHEMA_VERSION:
-        raise SchemaError(
-            f"state database schema version {version} is not this fleetd's"
-            f" ({SCHEMA_VERSION}); open it once with write access to create or"
-            " upgrade it"
-        )
+    require_schema_version(version, SCHEMA_VERSION)
 
     return version
 
