@@ -36,8 +36,8 @@ def dump_json(value: Any, *, indent: int | None = None) -> str:
 
 
 def _beyond_digit_limit(error: ValueError) -> bool:
-    # Python's own message for it asks the reader to call
-    # sys.set_int_max_str_digits(), which no operator of fleetd can do.
+    # Python's own message for it suggests sys.set_int_max_str_digits(),
+    # which no operator of fleetd can call.
     return "integer string conversion" in str(error)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,9 @@ import pytest
 from fleetd.locks import LockKey, LockManager, current_owner, open_store
 from fleetd.locks.common import SchemaError
 from fleetd.locks.sqlite import SQLiteStore
+from tests.locks.test_sqlite import chattr
 
 KEY = LockKey("accounts", "alice", "mk")
-
-
-def chattr(flag: str, path: Path) -> bool:
-    """Set or clear a file attribute; False when the file system refuses."""
-    result = subprocess.run(
-        ["chattr", flag, str(path)], check=False, capture_output=True
-    )
-    return result.returncode == 0
 
 
 async def fill(url: str) -> None:
