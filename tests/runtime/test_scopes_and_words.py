@@ -69,3 +69,28 @@ async def test_form_feed_stays_inside_word(
     [report] = await fleet.cycle()
     assert report.run is PhaseResult.SUCCEEDED
     assert sorted(path.name for path in target.iterdir()) == ["a\fb", "c\vd"]
+
+
+async def test_cleanup_option_after_run_command(fleet: Fleet) -> None:
+    # The OPTION and EXEC in ON_SUCCESS follow a COMMAND earlier in the file,
+    # as the load check requires. Such a program is either rejected at load
+    # or built and run, but it must not pass load and then fail in Cleanup.
+    path = fleet.agent(
+        f"""
+        NAME     Build
+        MNEMONIC build
+        COMMAND touch {fleet.root}/from-run
+        ON_SUCCESS
+            OPTION {fleet.root}/from-cleanup
+            EXEC
+        END
+        """
+    )
+    agents = fleet.load()
+    if agents.errors:
+        [error] = agents.errors
+        assert error.startswith(f"{path}:")
+        return
+    [report] = await fleet.cycle()
+    assert report.cleanup is PhaseResult.SUCCEEDED
+    assert (fleet.root / "from-cleanup").exists()
