@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeAlias
 
 from fleetd.lang.errors import EvaluationError
 from fleetd.lang.values import Value
+
+#: Where a block's scope sits in an agent: the (line, column) of each
+#: enclosing WHEN or FOREACH and of the block itself, with the iteration
+#: number after a FOREACH's position.
+BlockKey: TypeAlias = tuple[tuple[int, ...], ...]
 
 
 class Scope:
     """A frame of variables with an optional parent frame.
 
-    `WHEN` and `FOREACH` bodies run in a child scope: a name defined there
-    disappears when the block ends, while assigning to a name that an
-    outer scope defines changes the outer variable.
+    `WHEN` and `FOREACH` bodies run in a block scope (`block`): a name
+    defined there disappears when the block ends, while assigning to a
+    name that an outer scope defines changes the outer variable.
+
+    The phases of a run walk the same blocks one after another, each with
+    its own commands. A block's variables are kept from one phase to the
+    next, so a `REQUIRE_SET` inside a WHEN is still set when Run enters
+    that WHEN. The scopes of one run share one table of block variables,
+    `blocks`, keyed by `BlockKey`.
     """
 
-    __slots__ = ("_variables", "parent")
+    __slots__ = ("_key", "_variables", "blocks", "parent")
 
     def __init__(
         self,
         variables: Mapping[str, Value] | None = None,
         parent: Scope | None = None,
+        *,
+        blocks: dict[BlockKey, dict[str, Value]] | None = None,
     ) -> None:
         self._variables: dict[str, Value] = dict(variables or {})
         self.parent = parent
+        self._key: BlockKey = () if parent is None else parent._key
+        if blocks is None:
+            blocks = {} if parent is None else parent.blocks
+        self.blocks = blocks
 
     def _owner(self, name: str) -> Scope | None:
         scope: Scope | None = self
@@ -77,8 +95,21 @@ class Scope:
         self._variables[name] = value
 
     def child(self) -> Scope:
-        """Return a new scope nested in this one."""
+        """Return a new scope nested in this one, whose variables last as long as it does."""
         return Scope(parent=self)
+
+    def block(self, *position: int) -> Scope:
+        """Return the scope of the block at `position` (line, column, ...) in this one.
+
+        It starts with the variables the same block held when an earlier
+        phase of the run left it.
+        """
+        key = (*self._key, position)
+        scope = Scope(parent=self)
+        scope._key = key
+        scope._variables = self.blocks.setdefault(key, {})
+
+        return scope
 
     def flatten(self) -> dict[str, Value]:
         """Return every visible variable; an inner scope wins over an outer one."""

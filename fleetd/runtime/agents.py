@@ -22,6 +22,7 @@ from fleetd.config.model import Config
 from fleetd.config.trust import untrusted_reasons
 from fleetd.lang import AgentCache, AgentError, Registry, Scope, Value
 from fleetd.lang.ast import Agent, Phase
+from fleetd.lang.scope import BlockKey
 from fleetd.runtime.interpreter import RunState
 from fleetd.runtime.logs import log_at
 from fleetd.runtime.phases import evaluate_conditions
@@ -38,6 +39,8 @@ class LoadedAgent(msgspec.Struct, frozen=True):
     # Why not scheduled: "file:line: source text" of the failed prerequisite,
     # or the error that keeps the agent from running.
     reason: str | None = None
+    # PREREQUISITE_SET values inside WHEN and FOREACH blocks, by block.
+    blocks: Mapping[BlockKey, Mapping[str, Value]] = msgspec.field(default_factory=dict)
 
 
 class AgentSet(msgspec.Struct, frozen=True):
@@ -78,7 +81,7 @@ def initialize(
         log_at(log, "notice", "agent_unscheduled", reason=unmet[0], file=agent.path)
         return LoadedAgent(agent, variables, scheduled=False, reason=unmet[0])
 
-    return LoadedAgent(agent, variables, scheduled=True)
+    return LoadedAgent(agent, variables, scheduled=True, blocks=scope.blocks)
 
 
 class AgentLoader:

@@ -372,6 +372,7 @@ class Engine:
                 workflow,
                 settings,
                 cancel_scope=scope,
+                blocks=loaded.blocks,
             )
         except Exception as error:
             # A state store that failed when the lock was taken.

@@ -220,6 +220,16 @@ def assign(command: Assign, scope: Scope, state: RunState) -> None:
         raise CommandError(str(error)) from error
 
 
+def when_scope(scope: Scope, command: When) -> Scope:
+    """Return the scope a WHEN body runs in; it keeps its variables across phases."""
+    return scope.block(command.loc.line, command.loc.column)
+
+
+def iteration_scope(scope: Scope, command: Foreach, number: int) -> Scope:
+    """Return the scope of iteration `number` of a FOREACH, kept across phases."""
+    return scope.block(command.loc.line, command.loc.column, number)
+
+
 def iteration_items(value: Value) -> list[Value]:
     """Return what FOREACH iterates over: a list, one scalar, or nothing."""
     if value is None:
@@ -382,7 +392,9 @@ async def run_command(
             return False
         if not matched:
             return True
-        return await run_block(command.body, scope.child(), state, builder, stop=stop)
+        return await run_block(
+            command.body, when_scope(scope, command), state, builder, stop=stop
+        )
     if isinstance(command, Foreach):
         try:
             items = iteration_items(
@@ -392,8 +404,8 @@ async def run_command(
             state.fail(command, str(error))
             return False
         succeeded = True
-        for item in items:
-            inner = scope.child()
+        for number, item in enumerate(items):
+            inner = iteration_scope(scope, command, number)
             inner.define(command.variable, item)
             if not await run_block(command.body, inner, state, builder, stop=stop):
                 succeeded = False

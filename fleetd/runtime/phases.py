@@ -37,7 +37,9 @@ from fleetd.runtime.interpreter import (
     command_text,
     evaluate_value,
     iteration_items,
+    iteration_scope,
     run_block,
+    when_scope,
 )
 
 NO_CLEANUP_COMMAND = "no cleanup command ran"
@@ -87,15 +89,19 @@ def _walk_conditions(
                     evaluate_value(command.condition, scope, state, command.loc)
                 )
                 if matched and not _walk_conditions(
-                    command.body, scope.child(), state, unmet, stop_at_first
+                    command.body,
+                    when_scope(scope, command),
+                    state,
+                    unmet,
+                    stop_at_first,
                 ):
                     return False
             elif isinstance(command, Foreach):
                 items = iteration_items(
                     evaluate_value(command.items, scope, state, command.loc)
                 )
-                for item in items:
-                    inner = scope.child()
+                for number, item in enumerate(items):
+                    inner = iteration_scope(scope, command, number)
                     inner.define(command.variable, item)
                     if not _walk_conditions(
                         command.body, inner, state, unmet, stop_at_first
@@ -170,7 +176,9 @@ async def _walk_cleanup(
                 state.fail(command, str(error))
                 continue
             if matched:
-                await _walk_cleanup(command.body, scope.child(), state, run_succeeded)
+                await _walk_cleanup(
+                    command.body, when_scope(scope, command), state, run_succeeded
+                )
         elif isinstance(command, Foreach):
             try:
                 items = iteration_items(
@@ -179,7 +187,7 @@ async def _walk_cleanup(
             except CommandError as error:
                 state.fail(command, str(error))
                 continue
-            for item in items:
-                inner = scope.child()
+            for number, item in enumerate(items):
+                inner = iteration_scope(scope, command, number)
                 inner.define(command.variable, item)
                 await _walk_cleanup(command.body, inner, state, run_succeeded)

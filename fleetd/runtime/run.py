@@ -38,6 +38,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 from fleetd.config.secrets import is_secret
 from fleetd.lang import Registry, Scope, Value, render
 from fleetd.lang.ast import Agent, Phase
+from fleetd.lang.scope import BlockKey
 from fleetd.locks import (
     Done,
     InTransaction,
@@ -245,13 +246,15 @@ async def start_record(
     *,
     cancel_scope: anyio.CancelScope | None = None,
     run_id: str | None = None,
+    blocks: Mapping[BlockKey, Mapping[str, Value]] | None = None,
 ) -> PendingRun:
     """Run `record` through Requirements, lock, Check, Run and Cleanup.
 
     The resolution is left to `PendingRun.finish`, so that its durable
     write can overlap the next run. `cancel_scope`, when given, is the
     scope Check and Run execute in: its cancellation (by shutdown) fails
-    Run but still runs Cleanup.
+    Run but still runs Cleanup. `blocks` holds the PREREQUISITE_SET values
+    made inside WHEN and FOREACH blocks (`LoadedAgent.blocks`).
     """
     run_id = run_id or new_run_id()
     # A record whose text cannot be encoded is reported invalid under an
@@ -271,7 +274,7 @@ async def start_record(
         # `_run` keeps context["phase"] at the phase the run is in, so the
         # events `finish` logs name the phase the run ended in.
         outcome = await _run(
-            agent, variables, record, workflow, settings, cancel_scope, context
+            agent, variables, blocks, record, workflow, settings, cancel_scope, context
         )
     finally:
         reset_contextvars(**tokens)
@@ -292,6 +295,7 @@ async def run_record(
     *,
     cancel_scope: anyio.CancelScope | None = None,
     run_id: str | None = None,
+    blocks: Mapping[BlockKey, Mapping[str, Value]] | None = None,
 ) -> RunReport:
     """Run `record` through every phase and return its report.
 
@@ -305,6 +309,7 @@ async def run_record(
         settings,
         cancel_scope=cancel_scope,
         run_id=run_id,
+        blocks=blocks,
     )
 
     return await pending.finish()
@@ -313,6 +318,7 @@ async def run_record(
 async def _run(
     agent: Agent,
     variables: Mapping[str, Value],
+    blocks: Mapping[BlockKey, Mapping[str, Value]] | None,
     record: Record,
     workflow: Workflow,
     settings: RunSettings,
@@ -345,7 +351,10 @@ async def _run(
         return report(Outcome.INVALID, reason=invalid)
 
     this = record_this(record)
-    scope = Scope({**copy_values(variables), "this": this})
+    scope = Scope(
+        {**copy_values(variables), "this": this},
+        blocks={key: copy_values(values) for key, values in (blocks or {}).items()},
+    )
     state = RunState(
         agent=agent,
         registry=settings.registry,
