@@ -150,6 +150,12 @@ class LineReader:
         cached = WORDS_MEMO.get(key)
         if cached is not None:
             return cached
+        # Blanks that end the line are not part of its last word, as with
+        # every other command; a form feed or vertical tab inside the line
+        # stays in its word, as in sh.
+        trimmed = text.rstrip(" \t\f\v")
+        if not trimmed.endswith("\\"):
+            text = trimmed
         try:
             words = split_words(text, column)
         except WordError as error:

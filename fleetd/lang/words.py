@@ -6,7 +6,7 @@ scans the line once and keeps each reference as a `Variable` part of its
 word, so a value interpolated at run time always stays inside its one
 argument, whatever it contains.
 
-Rules: blanks separate words; `'...'` keeps everything literally; in
+Rules: spaces and tabs separate words; `'...'` keeps everything literally; in
 `"..."` a backslash escapes only `$`, `` ` ``, `"` and `\\`; outside quotes
 a backslash escapes any character; `#` at the start of a word begins a
 comment. References are recognised in every quoting, because FleetConf
@@ -21,7 +21,10 @@ from __future__ import annotations
 from fleetd.lang.ast import Template, Variable
 from fleetd.lang.templates import REFERENCE_RE, variable_path
 
-_BLANKS = " \t\r\f\v"
+# A shell splits words at the characters of its default IFS: space, tab
+# and newline (a command line holds no newline). A form feed or vertical
+# tab stays inside its word, as in sh and bash.
+_BLANKS = " \t"
 _OPERATORS = "|&;<>`"
 
 
