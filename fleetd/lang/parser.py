@@ -343,7 +343,12 @@ class _FileParser(LineReader):
             self.direct_parallel_error(keyword, column)
             return False
         if not self.seen_program:
-            self.error(column, f"{keyword} without a COMMAND before it")
+            where = (
+                " in its cleanup block, which builds its programs on its own"
+                if self.frame.in_cleanup
+                else ""
+            )
+            self.error(column, f"{keyword} without a COMMAND before it{where}")
             return False
         return True
 
@@ -443,8 +448,12 @@ class _FileParser(LineReader):
                 head,
                 in_cleanup=parent.in_cleanup or keyword in CLEANUP_KEYWORDS,
                 in_parallel=parent.in_parallel or keyword == "PARALLEL",
+                outer_seen_program=self.seen_program,
             )
         )
+        if keyword in CLEANUP_KEYWORDS:
+            # Each cleanup block runs with a program builder of its own.
+            self.seen_program = False
 
     def cmd_when(self, keyword: str, line: str, rest_at: int, column: int) -> None:
         start = "when_head" if keyword == "WHEN" else "foreach_head"
@@ -496,6 +505,8 @@ class _FileParser(LineReader):
             self.error(column, "END without a block to close")
             return
         frame = self.stack.pop()
+        if frame.keyword in CLEANUP_KEYWORDS:
+            self.seen_program = frame.outer_seen_program
         if frame.head is None:
             return
         body = tuple(frame.body)

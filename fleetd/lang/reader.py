@@ -62,6 +62,9 @@ class Frame(msgspec.Struct):
     body: list[Command] = msgspec.field(default_factory=list)
     in_cleanup: bool = False
     in_parallel: bool = False
+    # Whether a COMMAND came before a cleanup block, restored at its END:
+    # a cleanup block builds its programs from a COMMAND of its own.
+    outer_seen_program: bool = False
 
 
 class LineReader:

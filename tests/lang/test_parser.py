@@ -326,6 +326,27 @@ def test_exec_without_command() -> None:
     ]
 
 
+def test_cleanup_block_needs_its_own_command() -> None:
+    # Each cleanup block runs with a program builder of its own, so a
+    # COMMAND in Run does not start a program for an OPTION in ON_SUCCESS.
+    text = HEADER + "COMMAND touch a\nON_SUCCESS\n    OPTION b\n    EXEC\nEND\nEXEC\n"
+    assert errors(text) == [
+        "t.agent:5:5: OPTION without a COMMAND before it in its cleanup block,"
+        " which builds its programs on its own",
+        "t.agent:6:5: EXEC without a COMMAND before it in its cleanup block,"
+        " which builds its programs on its own",
+    ]
+
+
+def test_cleanup_block_with_its_own_command() -> None:
+    body = (
+        "ON_FAILURE\n    COMMAND rm\n    OPTION -f\n    EXEC\nEND\n"
+        "COMMAND ls\nOPTION -l\nEXEC\n"
+    )
+    agent = parse(body)
+    assert len(agent.commands) == 4
+
+
 def test_call_command_from_registry() -> None:
     registry = Registry.default()
     registry.add_command(CommandSpec("notify", 1, 2, lambda ctx, *a: 1))

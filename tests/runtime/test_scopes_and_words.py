@@ -88,8 +88,7 @@ async def test_cleanup_option_after_run_command(fleet: Fleet) -> None:
     )
     agents = fleet.load()
     if agents.errors:
-        [error] = agents.errors
-        assert error.startswith(f"{path}:")
+        assert all(error.startswith(f"{path}:") for error in agents.errors)
         return
     [report] = await fleet.cycle()
     assert report.cleanup is PhaseResult.SUCCEEDED
