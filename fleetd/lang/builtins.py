@@ -417,8 +417,9 @@ def _spec(
     impl: Callable[..., Value],
     doc: str,
     pure: bool = True,
+    patterns: tuple[int, ...] = (),
 ) -> FunctionSpec:
-    return FunctionSpec(name, low, high, impl, pure, doc)
+    return FunctionSpec(name, low, high, impl, pure, doc, patterns)
 
 
 BUILTIN_FUNCTIONS: tuple[FunctionSpec, ...] = (
@@ -437,7 +438,7 @@ BUILTIN_FUNCTIONS: tuple[FunctionSpec, ...] = (
     _spec("exp", 1, 1, _number_function(math.exp, "exp"), "e to the power"),
     _spec("glob", 1, 1, _glob, "paths matching csh-style patterns"),
     _spec("gmtime", 0, 1, _gmtime, "the 9 UTC time fields of epoch seconds"),
-    _spec("grep", 2, 2, _grep, "the list items matching a pattern"),
+    _spec("grep", 2, 2, _grep, "the list items matching a pattern", patterns=(0,)),
     _spec("hex", 1, 1, _hex, "the value of hexadecimal text"),
     _spec("index", 2, 3, _index, "position of a substring, or -1"),
     _spec("int", 1, 1, _int, "the integer part"),
@@ -455,7 +456,14 @@ BUILTIN_FUNCTIONS: tuple[FunctionSpec, ...] = (
     _spec("push", 1, None, _push, "append items; returns the new size", pure=False),
     _spec("quotemeta", 1, 1, _quotemeta, "text with regex metacharacters escaped"),
     _spec("rand", 0, 1, _rand, "random number below the limit (default 1)", pure=False),
-    _spec("replace", 3, 3, _replace, "the text with the first pattern match replaced"),
+    _spec(
+        "replace",
+        3,
+        3,
+        _replace,
+        "the text with the first pattern match replaced",
+        patterns=(1,),
+    ),
     _spec("reverse", 1, 1, _reverse, "the list reversed"),
     _spec("rindex", 2, 3, _rindex, "last position of a substring, or -1"),
     _spec("scalar", 1, 1, _scalar, "number of items of a list"),
@@ -471,7 +479,9 @@ BUILTIN_FUNCTIONS: tuple[FunctionSpec, ...] = (
         "remove (and replace) items; returns the removed",
         pure=False,
     ),
-    _spec("split", 2, 3, _split, "fields of the text split by a pattern"),
+    _spec(
+        "split", 2, 3, _split, "fields of the text split by a pattern", patterns=(0,)
+    ),
     _spec("sprintf", 1, None, perl_sprintf, "formatted text"),
     _spec("sqrt", 1, 1, _sqrt, "square root"),
     _spec("srand", 0, 1, _srand, "seed rand", pure=False),

@@ -437,7 +437,10 @@ def compile_perl(pattern: str, flags: str) -> Any:
                 f"unsupported regular expression flag {flag!r}; use i, m, s or x"
             )
         python_flags |= getattr(regex, _FLAGS[flag])
-    translated = translate(pattern)
+    try:
+        translated = translate(pattern)
+    except PatternError as error:
+        raise PatternError(f"invalid regular expression /{pattern}/: {error}") from None
     if _repeat_product(translated) > MAX_REPEAT_PRODUCT:
         raise PatternError(
             f"invalid regular expression /{pattern}/: nested repetition counts"

@@ -9,10 +9,11 @@ from typing import Any
 
 import msgspec
 
-from fleetd.lang.ast import Command, Location, Phase, Template
+from fleetd.lang.ast import Command, FunctionCall, Literal, Location, Phase, Template
 from fleetd.lang.errors import Diagnostic
 from fleetd.lang.expressions import ExpressionError, parse_form, parse_forms
 from fleetd.lang.keywords import FORM_OF_KEYWORD
+from fleetd.lang.perlre import PatternError, compile_perl
 from fleetd.lang.registry import Registry, arity_error
 from fleetd.lang.templates import template_from_text
 from fleetd.lang.tree import function_calls, suggest_name
@@ -147,6 +148,26 @@ class LineReader:
             message = arity_error(call.name, spec, len(call.args))
             if message is not None:
                 self.error(call.column, message)
+                continue
+            for position in spec.patterns:
+                self.check_pattern(call, position)
+
+    def check_pattern(self, call: FunctionCall, position: int) -> None:
+        """Compile a constant pattern argument, so a malformed one fails at load."""
+        if position >= len(call.args):
+            return
+        argument = call.args[position]
+        if isinstance(argument, Literal) and isinstance(argument.value, str):
+            pattern = argument.value
+        elif isinstance(argument, Template) and len(argument.parts) == 1:
+            pattern = argument.parts[0]
+            assert isinstance(pattern, str)  # a template's one part is text
+        else:
+            return  # known only at run time
+        try:
+            compile_perl(pattern, "")
+        except PatternError as error:
+            self.error(argument.column, f"{call.name}(): {error}")
 
     def words(self, text: str, column: int) -> tuple[Template, ...] | None:
         key = (text, column)

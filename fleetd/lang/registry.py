@@ -49,7 +49,10 @@ class FunctionSpec:
     """A function callable in expressions, e.g. `lc(x)`.
 
     `max_args` None accepts any number of arguments. `pure` declares that the
-    function has no side effects, so pretend mode may call it.
+    function has no side effects, so pretend mode may call it. `patterns`
+    lists the positions of arguments that are Perl regular expressions: a
+    constant one is compiled at load, so that a malformed one is a load
+    error.
     """
 
     name: str
@@ -58,6 +61,7 @@ class FunctionSpec:
     impl: Callable[..., Value]
     pure: bool = True
     doc: str = ""
+    patterns: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
