@@ -69,9 +69,9 @@ class Location(msgspec.Struct, frozen=True):
 
 
 class Literal(msgspec.Struct, frozen=True):
-    """Constant: an int, a plain string, or TRUE (1) and FALSE ("")."""
+    """Constant: a number, a plain string, or TRUE (1) and FALSE ("")."""
 
-    value: int | str
+    value: int | float | str
     column: int
 
 

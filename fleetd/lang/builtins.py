@@ -27,7 +27,14 @@ from fleetd.lang.perlcrypt import perl_crypt
 from fleetd.lang.perlformat import perl_pack, perl_sprintf, perl_unpack
 from fleetd.lang.perlre import compile_perl, compile_regex, search, substitute
 from fleetd.lang.registry import FunctionSpec
-from fleetd.lang.values import Value, normalize_number, render, to_integer, to_number
+from fleetd.lang.values import (
+    ZERO_BUT_TRUE,
+    Value,
+    normalize_number,
+    render,
+    to_integer,
+    to_number,
+)
 
 TRUE: Value = 1
 FALSE: Value = ""
@@ -81,7 +88,8 @@ def _int(value: Value) -> Value:
 
 
 def _hex(value: Value) -> Value:
-    text = render(value).strip().replace("_", "")
+    # Unlike oct, Perl's hex skips no leading blanks: hex(" 1f") is 0.
+    text = render(value).replace("_", "")
     if text[:2].lower() == "0x":
         text = text[2:]
     elif text[:1].lower() == "x":
@@ -91,7 +99,8 @@ def _hex(value: Value) -> Value:
 
 
 def _oct(value: Value) -> Value:
-    text = render(value).strip().replace("_", "")
+    # Perl's oct skips leading ASCII blanks only.
+    text = render(value).lstrip(" \t\n\r\f\v").replace("_", "")
     lower = text.lower()
     for prefixes, base, pattern in (
         (("0x", "x"), 16, r"[0-9a-f]*"),
@@ -172,8 +181,10 @@ def _lcfirst(value: Value) -> Value:
 
 
 def _ucfirst(value: Value) -> Value:
+    # Perl maps the first character to title case: "ǆ" becomes "ǅ", not
+    # "Ǆ", and "ß" becomes "Ss".
     text = render(value)
-    return text[:1].upper() + text[1:]
+    return text[:1].title() + text[1:]
 
 
 def _quotemeta(value: Value) -> Value:
@@ -190,7 +201,7 @@ def _srand(seed: Value = None) -> Value:
         to_integer(seed) if seed is not None else int(time.time() * 1000) & 0xFFFFFFFF
     )
     random.seed(value)
-    return value if value else "0 but true"
+    return value if value else ZERO_BUT_TRUE
 
 
 def _replace(text: Value, pattern: Value, replacement: Value) -> Value:

@@ -32,6 +32,7 @@ from fleetd.lang.ast import (
 )
 from fleetd.lang.perlre import PatternError, compile_perl
 from fleetd.lang.templates import string_literal, variable_path
+from fleetd.lang.values import number_literal
 
 # Words that Lark's lexer reads as keywords when they stand alone.
 RESERVED_WORDS = frozenset({"AND", "OR", "NOT", "IN", "MATCHES", "TRUE", "FALSE", "DO"})
@@ -185,8 +186,7 @@ class _Reader:
             if match is None:
                 raise _Unsure
             self.position = match.end()
-            text = match.group()
-            return Literal(int(text) if "." not in text else text, column)
+            return Literal(number_literal(match.group()), column)
 
         word = self.word()
         if not word:

@@ -47,6 +47,7 @@ from fleetd.lang.descent import RESERVED_WORDS
 from fleetd.lang.expressions import START_SYMBOLS, ExpressionError
 from fleetd.lang.perlre import PatternError, compile_perl
 from fleetd.lang.templates import string_literal, variable_path
+from fleetd.lang.values import number_literal
 
 _TERMINAL_NAMES = {
     "NAME": "a name",
@@ -85,9 +86,7 @@ class _Builder(Transformer[Token, Any]):
     """Build syntax tree nodes while the LALR parser reduces."""
 
     def number(self, token: Token) -> Literal:
-        text = str(token)
-        value: int | str = int(text) if "." not in text else text
-        return Literal(value, _column(token))
+        return Literal(number_literal(str(token)), _column(token))
 
     def string(self, token: Token) -> Expr:
         return string_literal(str(token), _column(token))

@@ -416,10 +416,14 @@ def _repeat_product(pattern: str) -> int:
 
 
 def compile_regex(pattern: str, flags: int = 0) -> Any:
-    """Compile a pattern in Python syntax with the `regex` module."""
+    """Compile a pattern in Python syntax with the `regex` module.
+
+    Case-insensitive matching uses full case folding, as Perl's /i does:
+    /^ß$/i matches "SS". FULLCASE changes nothing without IGNORECASE.
+    """
     import regex
 
-    return regex.compile(pattern, flags | regex.V0)
+    return regex.compile(pattern, flags | regex.V0 | regex.FULLCASE)
 
 
 def compile_perl(pattern: str, flags: str) -> Any:

@@ -17,17 +17,22 @@ from typing import TypeAlias, Union
 Value: TypeAlias = Union[None, str, int, float, list["Value"], dict[str, "Value"]]  # noqa: UP007
 
 # Perl's looks_like_number: optional blanks, sign, digits with an optional
-# fraction and exponent (or Inf/Infinity/NaN), then optional blanks.
+# fraction and exponent (or Inf/Infinity/NaN), then optional blanks. Perl's
+# blanks and digits are ASCII ones (re.ASCII): "\u0661" (Arabic-Indic one)
+# and a leading no-break space make a string that is not a number.
 _NUMBER_RE = re.compile(
     r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\s*\Z",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 # The prefix that Perl's numification reads from a string; the rest is ignored.
 _NUMERIC_PREFIX_RE = re.compile(
     r"\s*([+-]?)(?:(\d+)(\.\d*)?|(\.\d+))([eE][+-]?\d+)?"
     r"|\s*([+-]?)(inf(?:inity)?|nan)",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
+# Perl's looks_like_number accepts this exact text, which numifies to 0
+# without a warning (srand returns it for a seed of 0, as in Perl).
+ZERO_BUT_TRUE = "0 but true"
 
 
 def truth(value: Value) -> bool:
@@ -81,7 +86,7 @@ def looks_like_number(value: Value) -> bool:
         return False
     if isinstance(value, (int, float)):
         return True
-    return _NUMBER_RE.match(value) is not None
+    return _NUMBER_RE.match(value) is not None or value == ZERO_BUT_TRUE
 
 
 def to_number(value: Value) -> int | float:
@@ -110,6 +115,18 @@ def to_number(value: Value) -> int | float:
     # Perl keeps an integral result in an integer (IV) where it fits, so
     # "1e15" + 0 prints as 1000000000000000.
     return normalize_number(float(match.group(0)))
+
+
+def number_literal(text: str) -> int | float:
+    """Return the value of a number written in an agent, as Perl reads it.
+
+    A decimal is a number, not its text: `2.50` is 2.5 and prints as
+    `2.5`, `0.0` is false, and `1.0` is 1.
+    """
+    if "." not in text:
+        return int(text)
+
+    return normalize_number(float(text))
 
 
 def to_integer(value: Value) -> int:
