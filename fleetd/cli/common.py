@@ -160,6 +160,18 @@ def load_registry(config: Config) -> Registry:
         raise CommandFailed(EXIT_USAGE) from None
 
 
+def unknown_agent(name: str, agent_set: AgentSet, conf_dir: Path) -> str:
+    """Return the message for `-a NAME` that names no agent, with the names there are."""
+    from fleetd.lang.tree import suggest_name
+
+    names = sorted(agent_set.agents)
+    known = ", ".join(repr(known) for known in names) if names else "none"
+    return (
+        f"fleetd: no agent named {name!r} in {conf_dir}"
+        f"{suggest_name(name, names)} (agents there: {known})"
+    )
+
+
 def load_agents(config: Config, registry: Registry) -> tuple[AgentSet, list[str]]:
     """Parse and initialize the agents; return them with every load error."""
     from fleetd.runtime import AgentLoader

@@ -34,6 +34,7 @@ from fleetd.cli.common import (
     load_and_show_agents,
     load_registry,
     run_async,
+    unknown_agent,
 )
 from fleetd.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from fleetd.streams import write_stdout
@@ -90,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     agent_set, errors = load_and_show_agents(config, registry, named=tuple(args.agents))
     selected, unknown = select_agents(agent_set, args.agents, args.files)
     for name in unknown:
-        error(f"fleetd: no agent named {name!r} in {config.conf_dir}")
+        error(unknown_agent(name, agent_set, config.conf_dir))
 
     output = ReportOutput(as_json=args.json, terminal=terminal)
     run_async(config, run_cycles, config, registry, selected, output, args.pretend)

@@ -11,6 +11,7 @@ from fleetd.cli.common import (
     load_agents,
     load_registry,
     run_async,
+    unknown_agent,
 )
 from fleetd.cli.exits import EXIT_OK, EXIT_USAGE
 
@@ -24,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
     agent_set, _errors = load_agents(config, registry)
     loaded = agent_set.agents.get(args.agent)
     if loaded is None:
-        error(f"fleetd: no agent named {args.agent!r} in {config.conf_dir}")
+        error(unknown_agent(args.agent, agent_set, config.conf_dir))
         return EXIT_USAGE
     mnemonic = loaded.agent.mnemonic
     workflow = loaded.agent.workflow

@@ -23,6 +23,7 @@ from fleetd.config.trust import untrusted_reasons
 from fleetd.lang import AgentCache, AgentError, Registry, Scope, Value
 from fleetd.lang.ast import Agent, Phase
 from fleetd.lang.scope import BlockKey
+from fleetd.lang.tree import suggest_name
 from fleetd.runtime.interpreter import RunState
 from fleetd.runtime.logs import log_at
 from fleetd.runtime.phases import evaluate_conditions
@@ -148,7 +149,13 @@ class AgentLoader:
                 continue
             if agent.workflow != "Null" and agent.workflow not in config.workflows:
                 where = agent.header_locations.get("WORKFLOW", f"{path}:1:1")
-                message = f"{where}: unknown workflow {agent.workflow!r}"
+                configured = ", ".join(sorted(config.workflows)) or "none"
+                message = (
+                    f"{where}: unknown workflow {agent.workflow!r}"
+                    f"{suggest_name(agent.workflow, config.workflows)}"
+                    f" (configured: {configured}, and Null; a [workflows.NAME]"
+                    " table in a TOML drop-in defines one)"
+                )
                 errors.append(message)
                 logger.error("agent_invalid", file=str(path), errors=[message])
                 agents[agent.name] = LoadedAgent(

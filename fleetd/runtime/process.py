@@ -141,7 +141,10 @@ def resolve_program(
     if not_executable is not None:
         raise SpawnError(f"program is not executable: {not_executable}")
     searched = ":".join(safe_path) or "(empty)"
-    raise SpawnError(f"program not found in safe_path {searched}: {name}")
+    raise SpawnError(
+        f"program not found in safe_path {searched}: {name}"
+        " (add its folder to [daemon] safe_path, or give its absolute path)"
+    )
 
 
 # Program name, safe_path and conf dir -> (path found, monotonic time until

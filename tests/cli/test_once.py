@@ -150,6 +150,14 @@ def test_unknown_agent_name_exits_2(site: Site) -> None:
     result = site.run("once", "-a", "Nope")
     assert result.returncode == 2
     assert "no agent named 'Nope'" in result.stderr
+    assert "(agents there: 'A')" in result.stderr
+
+
+def test_unknown_agent_name_suggests_the_name_in_its_case(site: Site) -> None:
+    site.write("f.agent", "NAME File-Content\nMNEMONIC fc\nECHO ran\n")
+    result = site.run("once", "-a", "file-content")
+    assert result.returncode == 2
+    assert "did you mean 'File-Content'?" in result.stderr
 
 
 def test_manual_agent_runs_only_when_named(site: Site) -> None:

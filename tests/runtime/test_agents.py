@@ -104,4 +104,18 @@ def test_unknown_workflow_leaves_agent_unscheduled(fleet: Fleet) -> None:
     agents = fleet.load()
     loaded = agents.agents["Lost"]
     assert not loaded.scheduled
-    assert agents.errors == (f"{path}:3:1: unknown workflow 'nowhere'",)
+    [error] = agents.errors
+    assert error.startswith(f"{path}:3:1: unknown workflow 'nowhere' (configured: ")
+    # The message tells how to define a workflow.
+    assert "[workflows.NAME]" in error
+
+
+def test_unknown_workflow_suggests_a_close_name(fleet: Fleet) -> None:
+    # The fixture's conf dir defines the workflow `requests`.
+    path = fleet.agent("NAME Typo\nMNEMONIC typo\nWORKFLOW Requests\nECHO x\n")
+    [error] = fleet.load().errors
+    assert error == (
+        f"{path}:3:1: unknown workflow 'Requests'; did you mean 'requests'?"
+        " (configured: requests, and Null; a [workflows.NAME] table in a TOML"
+        " drop-in defines one)"
+    )

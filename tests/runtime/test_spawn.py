@@ -140,7 +140,10 @@ async def test_program_removed_after_lookup(tmp_path: Path) -> None:
 
     assert first.returncode == 0
     assert second.returncode is None
-    assert second.error == f"program not found in safe_path {tmp_path}: tool"
+    assert second.error == (
+        f"program not found in safe_path {tmp_path}: tool"
+        " (add its folder to [daemon] safe_path, or give its absolute path)"
+    )
 
 
 async def test_program_moved_within_safe_path(tmp_path: Path) -> None:
