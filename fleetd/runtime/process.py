@@ -64,6 +64,8 @@ MAX_LINE_BYTES = 8192  # longer output lines are cut
 MAX_LOGGED_BYTES = 1 << 20
 READ_CHUNK = 65536
 CAPTURE_LINES = 50  # lines of output kept in the result, the last ones
+# Characters of the program's last stderr line that a failure's reason shows.
+REASON_LINE_CHARS = 200
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 LEFTOVER_WAIT = 0.2  # seconds the pipes may stay open after the program exits
 PIPE_CLOSE_WAIT = 1.0  # seconds to wait for pipes once the group is killed
@@ -77,7 +79,9 @@ class ProgramResult(msgspec.Struct):
 
     `returncode` is None when the program did not start (then `error` gives
     the reason) or was cancelled before it exited; a negative value is the signal
-    that ended it. `output` holds the last lines of stdout and stderr.
+    that ended it. `output` holds the last lines of stdout and stderr, and
+    `last_error` the last stderr line that is not blank, which the reason
+    for a failure shows.
     """
 
     argv: tuple[str, ...]
@@ -86,6 +90,7 @@ class ProgramResult(msgspec.Struct):
     pid: int | None = None
     duration_s: float = 0.0
     output: list[str] = msgspec.field(default_factory=list)
+    last_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,11 +107,22 @@ class ProgramResult(msgspec.Struct):
                 name = signal.Signals(-self.returncode).name
             except ValueError:
                 name = f"signal {-self.returncode}"
-            return f"{self.argv[0]} was killed by {name}"
+            return f"{self.argv[0]} was killed by {name}{self._stderr_note()}"
         if self.returncode != 0:
-            return f"{self.argv[0]} exited with status {self.returncode}"
+            return (
+                f"{self.argv[0]} exited with status {self.returncode}"
+                f"{self._stderr_note()}"
+            )
 
         return ""
+
+    def _stderr_note(self) -> str:
+        line = self.last_error
+        if not line:
+            return ""
+        if len(line) > REASON_LINE_CHARS:
+            line = line[: REASON_LINE_CHARS - 3] + "..."
+        return f" (stderr: {line})"
 
 
 class SpawnError(Exception):
@@ -240,6 +256,7 @@ class _OutputReader:
         self.tail: deque[bytes] | None = None  # the last lines, once over budget
         self.skipped_lines = 0
         self.skipped_bytes = 0
+        self.last_line: str | None = None  # the last one that is not blank
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", errors="replace").rstrip("\r")
@@ -253,6 +270,8 @@ class _OutputReader:
         else:
             self.log.info("program_output", stream=self.stream, line=text)
         self.capture.append(text)
+        if text and not text.isspace():
+            self.last_line = text
 
     def feed(self, data: bytes) -> None:
         if self.tail is not None:
@@ -428,9 +447,9 @@ async def run_program(
     capture: deque[str] = deque(maxlen=CAPTURE_LINES)
     program_log = _LazyBound(log)
     budget = _LogBudget(MAX_LOGGED_BYTES)
+    errors = _OutputReader("stderr", program_log, capture, redact, budget)
     protocol = _ProgramProtocol(
-        _OutputReader("stdout", program_log, capture, redact, budget),
-        _OutputReader("stderr", program_log, capture, redact, budget),
+        _OutputReader("stdout", program_log, capture, redact, budget), errors
     )
     transport: asyncio.SubprocessTransport | SpawnedProgram
     try:
@@ -498,6 +517,7 @@ async def run_program(
         result.returncode = transport.get_returncode()
         result.duration_s = time.monotonic() - started
         result.output = list(capture)
+        result.last_error = errors.last_line
 
     return result
 

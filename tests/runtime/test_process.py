@@ -88,6 +88,33 @@ async def test_non_zero_exit_fails() -> None:
     assert result.describe() == "sh exited with status 3"
 
 
+async def test_failure_reason_shows_the_last_stderr_line() -> None:
+    # The reason a run failed is often in the program's own words; the
+    # output is logged at info, which the shipped log level hides.
+    script = (
+        "echo checking; echo 'useradd: UID 2001 is not unique' >&2; echo >&2; exit 4"
+    )
+    result = await run_program(["sh", "-c", script], safe_path=SAFE_PATH)
+    assert result.describe() == (
+        "sh exited with status 4 (stderr: useradd: UID 2001 is not unique)"
+    )
+
+
+async def test_failure_reason_cuts_a_long_stderr_line() -> None:
+    script = "printf '%0500d' 0 >&2; exit 1"
+    result = await run_program(["sh", "-c", script], safe_path=SAFE_PATH)
+    assert result.describe() == f"sh exited with status 1 (stderr: {'0' * 197}...)"
+
+
+async def test_failure_reason_hides_secrets_in_stderr() -> None:
+    result = await run_program(
+        ["sh", "-c", "echo 'bad token hunter2' >&2; exit 1"],
+        safe_path=SAFE_PATH,
+        redact=lambda text: text.replace("hunter2", "***"),
+    )
+    assert result.describe() == "sh exited with status 1 (stderr: bad token ***)"
+
+
 async def test_stdout_and_stderr_logged_line_by_line() -> None:
     with capture_logs() as logs:
         result = await run_program(
