@@ -1,0 +1,75 @@
+"""Conf dirs and agent files as operators name them: symlinks, repeats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.cli.support import fleetd_command
+
+SETTINGS = """\
+[daemon]
+state = "../state.db"
+safe_path = ["../bin", "/usr/bin", "/bin"]
+
+[globals]
+data_dir = "../data"
+
+[workflows.requests]
+kind = "spool"
+path = "../spool"
+"""
+
+AGENT = """\
+NAME     Stamp
+MNEMONIC stamp
+WORKFLOW requests
+
+ECHO data ${data_dir}
+EXEC_COMMAND site-tool
+SET this.status = "done"
+CLEANUP
+    ECHO cleaned ${this.id}
+END
+"""
+
+
+def test_symlinked_conf_dir_resolves_against_target(tmp_path: Path) -> None:
+    # /site/conf.d is the real folder, and /links/conf.d is a symlink to it.
+    # The kernel resolves "../spool" in /site/conf.d to /site/spool, so the
+    # TOML file's relative paths must mean the same through the symlink.
+    site = tmp_path / "site"
+    conf_dir = site / "conf.d"
+    for folder in (conf_dir, site / "spool", site / "bin", site / "data"):
+        folder.mkdir(parents=True)
+    (conf_dir / "00-site.toml").write_text(SETTINGS)
+    (conf_dir / "stamp.agent").write_text(AGENT)
+    tool = site / "bin/site-tool"
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+    (site / "spool/r1.json").write_text('{"status": "new"}')
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "conf.d").symlink_to(conf_dir)
+
+    result = subprocess.run(
+        [*fleetd_command(), "--conf-dir", str(links / "conf.d"), "once", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"data {site / 'data'}" in result.stdout.splitlines()
+    reports = [json.loads(line) for line in result.stdout.splitlines() if "{" in line]
+    assert [(line["record"], line["outcome"]) for line in reports] == [
+        ("r1", "committed")
+    ]
+    assert json.loads((site / "spool/r1.json").read_text())["status"] == "done"
+    assert (site / "state.db").exists()
+    assert not (tmp_path / "state.db").exists()
+
