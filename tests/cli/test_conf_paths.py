@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.cli.support import fleetd_command
+from tests.cli.support import Site, fleetd_command
 
 SETTINGS = """\
 [daemon]
@@ -73,3 +73,13 @@ def test_symlinked_conf_dir_resolves_against_target(tmp_path: Path) -> None:
     assert (site / "state.db").exists()
     assert not (tmp_path / "state.db").exists()
 
+
+def test_same_agent_file_twice_runs_once(site: Site, reports) -> None:
+    agent = site.root / "host check.agent"
+    agent.write_text("NAME Host\nMNEMONIC host\nECHO host-ran\n")
+    agent.chmod(0o644)
+    result = site.run("once", "--json", "-f", str(agent), "-f", "host check.agent")
+    assert result.returncode == 0, result.stderr
+    assert "duplicate agent name" not in result.stderr
+    assert result.stdout.splitlines().count("host-ran") == 1
+    assert [line["outcome"] for line in reports(result.stdout)] == ["committed"]
