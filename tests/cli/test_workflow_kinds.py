@@ -96,3 +96,39 @@ def test_missing_spool_folder_fails_cycle(site: Site) -> None:
     assert result.returncode == 1
     assert "cycle_failed" in result.stderr
     assert str(Path(site.spool)) in result.stderr
+
+
+def test_command_json_line_unreadable_is_invalid(site: Site, reports) -> None:
+    # In JSON lines each line is one record, so a truncated line is one
+    # record that cannot be read, and the records around it still run.
+    updates = site.root / "updates.jsonl"
+    lister = site.root / "list.py"
+    lister.write_text(
+        "print('{\"id\": \"a1\", \"status\": \"approved\"}')\n"
+        "print('{\"id\": \"b2\", \"status\": \"appro')\n"
+        "print('{\"id\": \"c3\", \"status\": \"approved\"}')\n"
+    )
+    updater = site.root / "update.py"
+    updater.write_text(
+        "import sys\n"
+        f"with open({str(updates)!r}, 'a') as out:\n"
+        "    out.write(sys.stdin.read())\n"
+    )
+    site.write(
+        "10-cmd.toml",
+        f'[workflows.tickets]\nkind = "command"\n'
+        f'list_command = ["{sys.executable}", "{lister}"]\n'
+        f'update_command = ["{sys.executable}", "{updater}"]\n',
+    )
+    site.write("activate.agent", AGENT.format(workflow="tickets"))
+
+    result = site.run("once", "--json")
+
+    assert result.returncode == 1, result.stderr
+    lines = reports(result.stdout)
+    outcomes = sorted(line["outcome"] for line in lines)
+    assert outcomes == ["committed", "committed", "invalid"]
+    [invalid] = [line for line in lines if line["outcome"] == "invalid"]
+    assert invalid["reason"]
+    committed = [json.loads(line)["id"] for line in updates.read_text().splitlines()]
+    assert sorted(committed) == ["a1", "c3"]
