@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.cli.support import Site
 
@@ -87,6 +90,26 @@ def test_spool_workflow_writes_file(site: Site, reports) -> None:
         "note": "keep me",
     }
     assert sorted(path.name for path in site.spool.iterdir()) == ["r1.json"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_spool_commit_keeps_file_owner(site: Site, reports) -> None:
+    # The program that files requests often owns them and reads them back,
+    # so the file that replaces a request keeps its owner and group.
+    path = site.request("r1", status="approved")
+    os.chown(path, 65534, 65534)
+    path.chmod(0o660)
+    site.write("activate.agent", AGENT.format(workflow="requests"))
+
+    result = site.run("once", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert [line["outcome"] for line in reports(result.stdout)] == ["committed"]
+    info = path.stat()
+    assert info.st_uid == 65534
+    assert info.st_gid == 65534
+    assert info.st_mode & 0o7777 == 0o660
+    assert json.loads(path.read_text())["status"] == "active"
 
 
 def test_missing_spool_folder_fails_cycle(site: Site) -> None:
