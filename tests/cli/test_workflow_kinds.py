@@ -49,6 +49,44 @@ def test_sqlite_workflow_updates_rows(site: Site, reports) -> None:
     assert rows == [(1, "active"), (2, "pending"), (3, "approved")]
 
 
+def test_sqlite_shared_store_commits_atomically(site: Site, reports) -> None:
+    # The workflow's table lives in the state store's own SQLite file, so the
+    # UPDATE and the resolution must commit together or not at all.
+    database = site.root / "shared.db"
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY, status)")
+        connection.execute("INSERT INTO requests VALUES (1, 'approved')")
+    connection.close()
+    site.write(
+        "10-db.toml",
+        '[daemon]\nstate = "../shared.db"\n'
+        '[workflows.db]\nkind = "sqlite"\npath = "../shared.db"\n'
+        'table = "requests"\n',
+    )
+    site.write("activate.agent", AGENT.format(workflow="db"))
+    assert site.run("db", "upgrade").returncode == 0
+    # Every resolution now fails when it writes its history row.
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.execute(
+            "CREATE TRIGGER reject BEFORE INSERT ON history"
+            " BEGIN SELECT RAISE(ABORT, 'history is read-only'); END"
+        )
+    connection.close()
+
+    result = site.run("once", "--json")
+
+    assert result.returncode == 1, result.stderr
+    assert [line["outcome"] for line in reports(result.stdout)] == ["error"]
+    connection = sqlite3.connect(database)
+    rows = connection.execute("SELECT id, status FROM requests").fetchall()
+    marks = connection.execute("SELECT * FROM marks").fetchall()
+    connection.close()
+    assert marks == []
+    assert rows == [(1, "approved")]
+
+
 def test_command_workflow_lists_and_updates(site: Site, reports) -> None:
     updates = site.root / "updates.jsonl"
     lister = site.root / "list.py"
