@@ -1,10 +1,14 @@
-"""Conf dirs and agent files as operators name them: symlinks, repeats."""
+"""Conf dirs and agent files as operators name them: symlinks, repeats, modes."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.cli.support import Site, fleetd_command
 
@@ -83,3 +87,44 @@ def test_same_agent_file_twice_runs_once(site: Site, reports) -> None:
     assert "duplicate agent name" not in result.stderr
     assert result.stdout.splitlines().count("host-ran") == 1
     assert [line["outcome"] for line in reports(result.stdout)] == ["committed"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to drop the capability to bypass file modes",
+)
+@pytest.mark.parametrize("command", ["check", "once"])
+def test_unreadable_conf_dir_exits_2(site: Site, command: str) -> None:
+    # Without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root obeys file modes
+    # like any other user, so mode 000 makes the conf dir unreadable to it.
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nECHO host-ran\n")
+    site.conf_dir.chmod(0o000)
+    try:
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--bounding-set",
+                "-dac_override,-dac_read_search",
+                "--",
+                *fleetd_command(),
+                "--conf-dir",
+                str(site.conf_dir),
+                command,
+                "--log-target",
+                "console",
+            ],
+            cwd=site.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        site.conf_dir.chmod(0o755)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(site.conf_dir) in result.stderr
+    assert "Permission denied" in result.stderr
+    assert "host-ran" not in result.stdout
