@@ -89,37 +89,48 @@ def test_same_agent_file_twice_runs_once(site: Site, reports) -> None:
     assert [line["outcome"] for line in reports(result.stdout)] == ["committed"]
 
 
-@pytest.mark.skipif(
+
+def run_without_file_mode_bypass(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run fleetd as root without the capabilities that bypass file modes.
+
+    Without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root obeys file modes
+    like any other user, so a folder of mode 000 is unreadable to it.
+    """
+    return subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set",
+            "-dac_override,-dac_read_search",
+            "--",
+            *fleetd_command(),
+            "--conf-dir",
+            str(site.conf_dir),
+            *args,
+            "--log-target",
+            "console",
+        ],
+        cwd=site.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+needs_setpriv = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="needs root and setpriv to drop the capability to bypass file modes",
 )
+
+
+@needs_setpriv
 @pytest.mark.parametrize("command", ["check", "once"])
 def test_unreadable_conf_dir_exits_2(site: Site, command: str) -> None:
-    # Without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root obeys file modes
-    # like any other user, so mode 000 makes the conf dir unreadable to it.
     site.write("host.agent", "NAME Host\nMNEMONIC host\nECHO host-ran\n")
     site.conf_dir.chmod(0o000)
     try:
-        result = subprocess.run(
-            [
-                "setpriv",
-                "--bounding-set",
-                "-dac_override,-dac_read_search",
-                "--",
-                *fleetd_command(),
-                "--conf-dir",
-                str(site.conf_dir),
-                command,
-                "--log-target",
-                "console",
-            ],
-            cwd=site.root,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        result = run_without_file_mode_bypass(site, command)
     finally:
         site.conf_dir.chmod(0o755)
 
