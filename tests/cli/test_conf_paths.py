@@ -90,7 +90,9 @@ def test_same_agent_file_twice_runs_once(site: Site, reports) -> None:
 
 
 
-def run_without_file_mode_bypass(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+def run_without_file_mode_bypass(
+    site: Site, *args: str
+) -> subprocess.CompletedProcess[str]:
     """Run fleetd as root without the capabilities that bypass file modes.
 
     Without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root obeys file modes
@@ -139,3 +141,25 @@ def test_unreadable_conf_dir_exits_2(site: Site, command: str) -> None:
     assert str(site.conf_dir) in result.stderr
     assert "Permission denied" in result.stderr
     assert "host-ran" not in result.stdout
+
+
+@needs_setpriv
+@pytest.mark.parametrize("command", ["check", "once"])
+def test_unreachable_toml_symlink_exits_2(site: Site, command: str) -> None:
+    # A drop-in that links to a file in a folder fleetd may not enter.
+    private = site.root / "private"
+    private.mkdir()
+    (private / "site.toml").write_text('[globals]\nsite = "main"\n')
+    link = site.conf_dir / "10-site.toml"
+    link.symlink_to(private / "site.toml")
+    site.write("host.agent", "NAME Host\nMNEMONIC host\nECHO host-ran\n")
+    private.chmod(0o000)
+    try:
+        result = run_without_file_mode_bypass(site, command)
+    finally:
+        private.chmod(0o755)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(link) in result.stderr
+    assert "Permission denied" in result.stderr
