@@ -163,3 +163,24 @@ def test_unreachable_toml_symlink_exits_2(site: Site, command: str) -> None:
     assert "Traceback" not in result.stderr
     assert str(link) in result.stderr
     assert "Permission denied" in result.stderr
+
+
+def test_empty_conf_dir_option_exits_2(site: Site) -> None:
+    # `--conf-dir "$CONF_DIR"` with the variable unset passes an empty value.
+    # That names no folder, so it must not load the working directory.
+    stray = site.root / "stray.agent"
+    stray.write_text("NAME Stray\nMNEMONIC stray\nECHO stray-ran\n")
+    stray.chmod(0o644)
+
+    result = subprocess.run(
+        [*fleetd_command(), "--conf-dir", "", "once"],
+        cwd=site.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "stray-ran" not in result.stdout
