@@ -116,8 +116,14 @@ class RunState(msgspec.Struct):
         return text
 
     def fail(self, command: Command, why: str) -> None:
-        """Record and log the failure of `command`."""
+        """Record and log the failure of `command`, with secrets masked.
+
+        A reason can hold interpolated values: the path of a program that
+        was not found, a program's last stderr line, an expression's error.
+        """
         text = command_text(command)
+        if self.secrets:
+            why = self.redact(why)
         self.failures.append(f"{text}: {why}" if why else text)
         self.log.error("command_failed", command=text, error=why)
 
@@ -299,7 +305,7 @@ async def exec_program(
         state.log.warning(
             "command_failure_ignored",
             command=command_text(command),
-            error=result.describe(),
+            error=state.redact(result.describe()),
         )
         return
     raise CommandError(result.describe())
