@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -115,9 +116,11 @@ class SpoolWorkflow:
             raise WorkflowError(f"spool {self.name}: a record without id")
         where = f"spool {self.name}: record {record.id}"
         path = self.path / (record.id + SUFFIX)
+        # The lock keeps another commit to this file (another mnemonic, another
+        # process) from reading it before this one has replaced it, which would
+        # drop the fields this commit writes.
         try:
-            mode, content = _read_regular_file(path)
-            current = load_json(_utf8_text(content))
+            descriptor, info = _lock_regular_file(path)
         except _NotRegularFile as error:
             raise WorkflowError(f"{where}: no longer a regular file") from error
         except OSError as error:
@@ -129,20 +132,30 @@ class SpoolWorkflow:
             raise WorkflowError(
                 f"{where}: cannot read it back before the commit: {error}"
             ) from error
-        except (ValueError, RecursionError) as error:
+        try:
+            current = load_json(_utf8_text(_read_all(descriptor)))
+        except (OSError, ValueError, RecursionError) as error:
             raise WorkflowError(
                 f"{where}: cannot read it back before the commit: {error}"
             ) from error
-        if not isinstance(current, dict):
-            raise WorkflowError(f"{where}: no longer a JSON object")
-        current.update(changes)
-        try:
-            text = dump_json(current, indent=2)
-        except ValueError as error:
-            raise WorkflowError(
-                f"{where}: cannot write the changes as JSON: {error}"
-            ) from error
-        write_atomically(path, (text + "\n").encode(), mode=mode)
+        else:
+            if not isinstance(current, dict):
+                raise WorkflowError(f"{where}: no longer a JSON object")
+            current.update(changes)
+            try:
+                text = dump_json(current, indent=2)
+            except ValueError as error:
+                raise WorkflowError(
+                    f"{where}: cannot write the changes as JSON: {error}"
+                ) from error
+            write_atomically(
+                path,
+                (text + "\n").encode(),
+                mode=info.st_mode & 0o7777,
+                owner=(info.st_uid, info.st_gid),
+            )
+        finally:
+            os.close(descriptor)  # releases the lock
 
 
 def _utf8_text(content: bytes) -> str:
@@ -178,12 +191,54 @@ def _read_regular_file(path: Path) -> tuple[int, bytes]:
         return info.st_mode & 0o7777, stream.read()
 
 
-def write_atomically(target: Path, data: bytes, *, mode: int | None = None) -> None:
+def _lock_regular_file(path: Path) -> tuple[int, os.stat_result]:
+    """Open the regular file `path` and lock it; return the descriptor and its stat.
+
+    A commit replaces the file by a rename, so a lock waited for may end up
+    on a file that is no longer at `path`: it is then dropped and the new
+    file is locked. Raises like `_read_regular_file`.
+    """
+    while True:
+        descriptor = os.open(path, _OPEN_FLAGS)
+        try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):
+                raise _NotRegularFile(path)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(descriptor)
+            continue  # replaced by a rename between the open and the stat
+        except BaseException:
+            os.close(descriptor)
+            raise
+        if (current.st_dev, current.st_ino) == (info.st_dev, info.st_ino):
+            return descriptor, info
+        os.close(descriptor)
+
+
+def _read_all(descriptor: int) -> bytes:
+    chunks = []
+    while chunk := os.read(descriptor, 1 << 20):
+        chunks.append(chunk)
+
+    return b"".join(chunks)
+
+
+def write_atomically(
+    target: Path,
+    data: bytes,
+    *,
+    mode: int | None = None,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """Replace `target` with `data`: temp file, fsync, rename, fsync folder.
 
     The rename replaces the directory entry `target`, so a symlink there
     is replaced, never followed. The new file gets `mode`, by default the
-    permission bits of the regular file it replaces, else 0o644.
+    permission bits of the regular file it replaces, else 0o644, and the
+    user and group `owner` when this process may give them (root may), so
+    a request filed by a user stays that user's, as with `sed -i`.
     """
     folder = target.parent
     if mode is None:
@@ -195,6 +250,9 @@ def write_atomically(target: Path, data: bytes, *, mode: int | None = None) -> N
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(data)
             stream.flush()
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(stream.fileno(), *owner)
             os.fchmod(stream.fileno(), mode)
             os.fsync(stream.fileno())
         os.replace(temporary, target)
