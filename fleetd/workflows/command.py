@@ -60,6 +60,13 @@ class CommandWorkflow:
                 f"command workflow {self.name}: list_command printed no JSON "
                 f"array or JSON lines: {error}"
             ) from error
+        if items and all(isinstance(item, UnreadableLine) for item in items):
+            # Not one JSON line: the command printed something else entirely.
+            first = items[0]
+            raise WorkflowError(
+                f"command workflow {self.name}: list_command printed no JSON "
+                f"array or JSON lines: line {first.line_number}: {first.problem}"
+            )
         records = [_record(number, item) for number, item in enumerate(items, 1)]
         for record, item in zip(records, items, strict=True):
             if record.invalid is None and record.id is not None:
@@ -122,7 +129,12 @@ class CommandWorkflow:
 
 
 def parse_listing(text: str) -> list[Any]:
-    """Parse a JSON array, or JSON lines (blank lines skipped)."""
+    """Parse a JSON array, or JSON lines (blank lines skipped).
+
+    A JSON array that cannot be parsed raises ValueError. In JSON lines,
+    a line that cannot be parsed becomes an `UnreadableLine` item, which
+    its caller reports as an invalid record.
+    """
     stripped = text.strip()
     if not stripped:
         return []
@@ -132,10 +144,33 @@ def parse_listing(text: str) -> list[Any]:
             raise ValueError("expected a JSON array")
         return items
 
-    return [load_json(line) for line in stripped.splitlines() if line.strip()]
+    items: list[Any] = []
+    for line_number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(load_json(line))
+        except (ValueError, RecursionError) as error:
+            # One unreadable line is one invalid record; the others go on.
+            items.append(UnreadableLine(line_number, str(error) or "nested too deeply"))
+
+    return items
+
+
+class UnreadableLine:
+    """A line of JSON lines output that is not JSON."""
+
+    def __init__(self, line_number: int, problem: str) -> None:
+        self.line_number = line_number
+        self.problem = problem
 
 
 def _record(number: int, item: Any) -> Record:
+    if isinstance(item, UnreadableLine):
+        return Record(
+            id=f"item {number}",
+            invalid=f"invalid JSON on line {item.line_number}: {item.problem}",
+        )
     if not isinstance(item, dict):
         return Record(id=f"item {number}", invalid="expected a JSON object")
     fields = dict(item)
