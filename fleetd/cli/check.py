@@ -16,6 +16,11 @@ from fleetd.cli.exits import EXIT_OK, EXIT_USAGE
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.log_target == "auto":
+        # Problems are what check prints, so they read as a compiler's
+        # file:line:col lines on a pipe too (CI jobs, `2>&1 | grep`).
+        # `--log-target json` or `journal` still gives events.
+        args.log_target = "console"
     try:
         # Notice is the level of the note on an agent left unscheduled.
         config = load(args, base_level="notice")

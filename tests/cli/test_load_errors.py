@@ -50,7 +50,10 @@ def test_console_shows_each_problem_once(faulty: Site, command: str) -> None:
 def test_json_logs_show_each_problem_once(faulty: Site, command: str) -> None:
     broken = faulty.conf_dir / "10-broken.agent"
     prereq = faulty.conf_dir / "20-prereq.agent"
-    result = faulty.run(command)  # stderr is a pipe, so logs are JSON lines
+    # stderr is a pipe, so once logs JSON lines; check prints plain lines
+    # unless asked for JSON.
+    options = ("--log-target", "json") if command == "check" else ()
+    result = faulty.run(command, *options)
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     # Every line is a JSON event. The summary line of `check` comes only
@@ -100,7 +103,7 @@ def test_config_error_is_one_event(site: Site) -> None:
     assert console.returncode == 2
     [line] = console.stderr.splitlines()
     assert line.startswith(expected)
-    logs = site.run("check")
+    logs = site.run("check", "--log-target", "json")
     assert logs.returncode == 2
     [event] = [json.loads(line) for line in logs.stderr.splitlines()]
     assert event["event"] == "config_invalid"

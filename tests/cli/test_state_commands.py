@@ -176,7 +176,7 @@ def test_check_passes_and_warns_shared_mnemonic(site: Site) -> None:
     assert result.returncode == 0
     assert "agents A, B share mnemonic same" in result.stderr
     assert "2 agents, 1 workflow, no errors" in result.stderr
-    logs = site.run("check")
+    logs = site.run("check", "--log-target", "json")
     assert logs.returncode == 0
     event = json.loads(logs.stderr.splitlines()[0])
     assert event["event"] == "mnemonic_shared"
