@@ -45,6 +45,12 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         args.conf_dir = args.conf_dir_sub
     if args.log_target_sub is not None:
         args.log_target = args.log_target_sub
+    if not args.conf_dir:
+        # An unset shell variable (`--conf-dir "$CONF_DIR"`) names no folder;
+        # the working directory would load whatever agents it holds.
+        error(parser.format_usage().rstrip("\n"))
+        error("fleetd: error: --conf-dir needs a folder, got an empty value")
+        return EXIT_USAGE
 
     # Until the event loop receives them, SIGTERM, SIGINT and SIGHUP only
     # get recorded, so a stop or reload during startup neither kills the

@@ -9,9 +9,11 @@ and the merged tree is validated in one pass that collects every error.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
+import stat
 import tomllib
 from collections.abc import Iterator
 from datetime import date, datetime, time
@@ -77,7 +79,10 @@ def load_config(conf_dir: str | Path) -> Config:
     if as_root:
         errors.extend(untrusted_reasons(directory))
 
-    toml_files, agent_files, ignored = _list_drop_ins(directory)
+    try:
+        toml_files, agent_files, ignored = _list_drop_ins(directory)
+    except OSError as error:
+        raise ConfigError([f"{directory}: cannot list the conf dir: {error.strerror}"])
     agent_errors: list[str] = []
     accepted_agents: list[Path] = []
     for path in agent_files:
@@ -148,7 +153,14 @@ def _list_drop_ins(
         path = directory / name
         if _is_leftover(name):
             continue
-        if not path.is_file():
+        try:
+            regular = stat.S_ISREG(path.stat().st_mode)
+        except OSError as error:
+            # A drop-in symlinked into a folder this user cannot enter is
+            # listed, so that reading it reports the error; a dangling
+            # symlink is skipped like any other entry that is not a file.
+            regular = error.errno != errno.ENOENT
+        if not regular:
             ignored.append((path, "not a regular file"))
         elif name.endswith(".toml"):
             toml_files.append(path)

@@ -37,7 +37,10 @@ def untrusted_reasons(path: str | Path) -> list[str]:
     try:
         folders, links, target, info = _walk(os.path.abspath(path))
     except OSError as error:
-        return [f"{error.filename or path}: cannot read: {error.strerror}"]
+        where = error.filename or path
+        if str(where) != str(path):
+            where = f"{path}: {where}"  # a folder or link on the way
+        return [f"{where}: cannot read: {error.strerror}"]
 
     reasons: list[str] = []
     for folder, folder_info in folders:
