@@ -207,8 +207,15 @@ def _read_toml(path: Path, errors: list[str]) -> dict[str, Any] | None:
 def _resolve_paths(
     table: dict[str, Any], path: Path, conf_dir: Path, errors: list[str]
 ) -> None:
-    """Make the relative paths of one file absolute, against its folder."""
-    base = path.parent
+    """Make the relative paths of one file absolute, against its folder.
+
+    The folders are resolved first, as the kernel would resolve them: with
+    a conf dir that is a symlink, `../state.db` names the file beside the
+    folder it points to, not beside the symlink. The `..` of the value
+    itself is then collapsed as text, which keeps the paths readable.
+    """
+    base = Path(os.path.realpath(path.parent))
+    conf_dir = Path(os.path.realpath(conf_dir))
     daemon = table.get("daemon")
     if isinstance(daemon, dict):
         state = daemon.get("state")
