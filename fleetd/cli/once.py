@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -78,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
     except CommandFailed as stop:
         return stop.status
     if args.files:
-        files = tuple(Path(name).absolute() for name in args.files)
+        # A file named twice (`-f a.agent -f ./a.agent`) runs once.
+        files = tuple(dict.fromkeys(Path(os.path.abspath(name)) for name in args.files))
         missing = [str(path) for path in files if not path.is_file()]
         if missing:
             for name in missing:
@@ -115,7 +117,7 @@ def select_agents(
     loaded = sorted(agent_set.agents.values(), key=lambda item: item.agent.path)
     unknown = [name for name in names if name not in agent_set.agents]
     if names or files:
-        paths = {str(Path(name).absolute()) for name in files}
+        paths = {os.path.abspath(name) for name in files}
         chosen = [
             item
             for item in loaded
