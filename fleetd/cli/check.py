@@ -10,6 +10,7 @@ from fleetd.cli.common import (
     load,
     load_and_show_agents,
     load_registry,
+    plugin_problems,
     show,
 )
 from fleetd.cli.exits import EXIT_OK, EXIT_USAGE
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
                 agents=sorted(names),
             )
 
-    if errors:
+    if errors or plugin_problems():
         return EXIT_USAGE
     agents = len(agent_set.agents)
     workflows = len(config.workflows)

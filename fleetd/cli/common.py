@@ -30,6 +30,9 @@ _dropped_events: ContextVar[frozenset[str]] = ContextVar(
 # Whether logs are readable console lines (on a terminal, or with
 # `--log-target console`); set by setup_logging.
 _console = False
+_plugin_problems: ContextVar[tuple[str, ...]] = ContextVar(
+    "plugin_problems", default=()
+)
 
 
 class CommandFailed(Exception):
@@ -150,14 +153,26 @@ def load(args: argparse.Namespace, *, base_level: str | None = None) -> Config:
 
 
 def load_registry(config: Config) -> Registry:
-    """Load the built-in functions and the plugins; exit 2 when one fails."""
+    """Load the built-in functions and the plugins that load.
+
+    Each plugin that cannot load is shown and left out, like an invalid
+    agent file; the command then exits 2 once it has run what it could
+    (`plugin_problems`).
+    """
     from fleetd.lang import load_plugins
 
-    try:
-        return load_plugins(list(config.daemon.plugin_dirs))
-    except Exception as failure:  # noqa: BLE001 - a plugin may raise anything
-        error(f"fleetd: cannot load plugins: {failure}")
-        raise CommandFailed(EXIT_USAGE) from None
+    problems: list[str] = []
+    registry = load_plugins(list(config.daemon.plugin_dirs), problems=problems)
+    for line in problems:
+        show(f"{line} (plugin not loaded)", "plugin_invalid", error=line)
+    _plugin_problems.set(tuple(problems))
+
+    return registry
+
+
+def plugin_problems() -> tuple[str, ...]:
+    """Return the problems of the plugins `load_registry` left out."""
+    return _plugin_problems.get()
 
 
 def unknown_agent(name: str, agent_set: AgentSet, conf_dir: Path) -> str:

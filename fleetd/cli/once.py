@@ -34,6 +34,7 @@ from fleetd.cli.common import (
     load,
     load_and_show_agents,
     load_registry,
+    plugin_problems,
     run_async,
     unknown_agent,
 )
@@ -98,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     output = ReportOutput(as_json=args.json, terminal=terminal)
     run_async(config, run_cycles, config, registry, selected, output, args.pretend)
     output.finish()
-    if errors or unknown:
+    if errors or unknown or plugin_problems():
         return EXIT_USAGE
     if output.failed:
         return EXIT_FAILURE

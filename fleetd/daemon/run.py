@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,18 +109,17 @@ async def _serve(
     # Receive signals from here on: a SIGTERM while plugins, agents and the
     # state store load waits in the queue and then stops the daemon gracefully.
     with receive_signals() as signals:
-        # Plugins and agents: a plugin that cannot load is a configuration error.
-        try:
-            registry = await anyio.to_thread.run_sync(
-                load_plugins, list(config.daemon.plugin_dirs)
+        # Plugins and agents. A plugin that cannot load is left out and
+        # logged, like an invalid agent file: the agents that do not use it
+        # run, and those that do are invalid ("unknown function").
+        problems: list[str] = []
+        registry = await anyio.to_thread.run_sync(
+            functools.partial(
+                load_plugins, list(config.daemon.plugin_dirs), problems=problems
             )
-        except Exception as exc:  # noqa: BLE001 - any plugin error stops the start
-            log.error(
-                "plugins_invalid",
-                error=repr(exc),
-                plugin_dirs=list(config.daemon.plugin_dirs),
-            )
-            return EXIT_CONFIG
+        )
+        for problem in problems:
+            log.error("plugin_invalid", error=problem)
         source = DropInSource(conf_dir, registry)
         agents = await anyio.to_thread.run_sync(source.load_agents, config, None)
         log.notice(

@@ -237,36 +237,60 @@ def _load_file(path: Path) -> ModuleType:
     return module
 
 
-def _plugin_files(plugin_dirs: Sequence[str | Path]) -> list[Path]:
+def _plugin_files(plugin_dirs: Sequence[str | Path], problems: list[str]) -> list[Path]:
     """List the `*.py` files of each folder, in lexical order per folder.
 
-    As root, raises PluginError naming every folder, file or symlink that
-    `untrusted_reasons` rejects, before any plugin is imported.
+    A missing folder is added to `problems`. As root, so is every folder,
+    file or symlink that `untrusted_reasons` rejects, and it is left out:
+    a rejected folder with all its files.
     """
     files: list[Path] = []
-    reasons: list[str] = []
     as_root = os.geteuid() == 0
     for directory in plugin_dirs:
         folder = Path(directory)
         if not folder.is_dir():
-            raise PluginError(f"{folder}: plugin directory not found")
+            problems.append(f"{folder}: plugin directory not found")
+            continue
         if as_root:
-            reasons.extend(untrusted_reasons(folder))
+            reasons = untrusted_reasons(folder)
+            if reasons:
+                problems.extend(reasons)
+                continue
         for path in sorted(folder.glob("*.py")):
             if path.name.startswith("."):
                 continue
             if as_root:
-                reasons.extend(untrusted_reasons(path))
+                reasons = untrusted_reasons(path)
+                if reasons:
+                    problems.extend(reasons)
+                    continue
             files.append(path)
-    if reasons:
-        # Each file repeats the problems of the folders above it.
-        raise PluginError("\n".join(dict.fromkeys(reasons)))
 
     return files
 
 
+def _add_source(
+    registry: Registry, source: str, load: Callable[[], object], problems: list[str]
+) -> None:
+    """Load one plugin and add all of its specs, or none and note why."""
+    scratch = Registry()
+    try:
+        _add_specs(scratch, source, load())
+    except PluginError as error:
+        problems.append(str(error))
+        return
+    except Exception as error:  # noqa: BLE001 - a plugin may raise anything
+        problems.append(f"{source}: import failed: {error!r}")
+        return
+    registry.functions.update(scratch.functions)
+    registry.commands.update(scratch.commands)
+
+
 def load_plugins(
-    plugin_dirs: Sequence[str | Path], *, entry_points: bool = True
+    plugin_dirs: Sequence[str | Path],
+    *,
+    entry_points: bool = True,
+    problems: list[str] | None = None,
 ) -> Registry:
     """Return the built-ins plus every plugin found.
 
@@ -279,11 +303,13 @@ def load_plugins(
     `fleetd.config.trust`). Entry points are not checked, because they are
     installed packages of the Python environment.
 
-    Raises:
-        PluginError: a plugin that cannot be imported or declares bad specs,
-            or, as root, a plugin folder or file that others could change.
-            The message names the entry point, folder or file.
+    A plugin that cannot be imported, declares a bad spec, or (as root)
+    could be changed by others adds none of its specs. With `problems`,
+    each such plugin is described there (naming the entry point, folder or
+    file) and the others load, so a bad file stops no agent that does not
+    use it. Without it, the first problem raises PluginError.
     """
+    found: list[str] = []
     registry = Registry.default()
     if entry_points and _may_declare_entry_points():
         from importlib import metadata
@@ -293,13 +319,15 @@ def load_plugins(
                 metadata.entry_points(group=group), key=lambda e: e.name
             ):
                 source = f"entry point {entry_point.name} ({entry_point.value})"
-                try:
-                    loaded = entry_point.load()
-                except Exception as error:
-                    raise PluginError(f"{source}: import failed: {error!r}") from error
-                _add_specs(registry, source, loaded)
-    for path in _plugin_files(plugin_dirs):
-        _add_specs(registry, str(path), _load_file(path))
+                _add_source(registry, source, entry_point.load, found)
+    for path in _plugin_files(plugin_dirs, found):
+        _add_source(registry, str(path), lambda path=path: _load_file(path), found)
+    if problems is not None:
+        problems.extend(dict.fromkeys(found))
+    elif found:
+        # Each file repeats the problems of the folders above it.
+        raise PluginError("\n".join(dict.fromkeys(found)))
+
     return registry
 
 

@@ -292,15 +292,35 @@ def test_sigterm_during_startup_graceful(root: Path, daemon: Daemon) -> None:
     assert daemon.log_events("daemon_stopped")
 
 
-def test_broken_plugin_exits_2(root: Path, daemon: Daemon) -> None:
+def test_broken_plugin_spares_other_agents(root: Path, daemon: Daemon) -> None:
+    # A bad file never stops the daemon or other agents: the broken plugin
+    # is logged and left out, the agent that calls it is invalid, and the
+    # agent that does not runs.
     plugins = root / "plugins"
     plugins.mkdir()
     (plugins / "broken.py").write_text("raise RuntimeError('no database')\n")
     write_settings(root / "conf.d", root, plugin_dirs=f'["{plugins}"]')
+    conf_dir = root / "conf.d"
+    (conf_dir / "plain.agent").write_text(
+        "NAME Plain\nMNEMONIC plain\nSCHEDULE every 1s\nECHO plain ran\n"
+    )
+    (conf_dir / "user.agent").write_text(
+        "NAME User\nMNEMONIC user\nSET found = lookup(1)\n"
+    )
     daemon.start()
-    assert daemon.wait_exit(30) == 2
-    (failed,) = daemon.log_events("plugins_invalid")
+    daemon.wait_notify(lambda message: message.get("READY") == "1")
+    deadline = time.monotonic() + 20
+    while "plain ran" not in daemon.stdout_lines():
+        assert time.monotonic() < deadline, daemon.logs()
+        time.sleep(0.05)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0
+    (failed,) = daemon.log_events("plugin_invalid")
     assert "no database" in failed["error"]
+    assert any(
+        "unknown function 'lookup'" in json.dumps(event)
+        for event in daemon.log_events("agent_invalid")
+    )
 
 
 def test_reload_keeps_run_on_old_version(root: Path, daemon: Daemon) -> None:
