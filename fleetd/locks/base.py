@@ -114,7 +114,10 @@ class LeaseLost(Exception):
 
 # Work done inside the store's resolution transaction. The store passes its
 # own connection object; only a workflow sharing the store's database uses it.
-InTransaction = Callable[[Any], Awaitable[None]]
+# PostgreSQL's is a coroutine function taking an asyncpg connection; SQLite's
+# is a plain function taking the sqlite3 write connection, because the
+# store's statements run synchronously on the event loop.
+InTransaction = Callable[[Any], Awaitable[None] | None]
 
 
 class StateStore(Protocol):

@@ -11,6 +11,7 @@ which every process sharing the file also uses.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
 import time
 from collections.abc import Callable
@@ -287,10 +288,10 @@ class SQLiteStore:
         mark: bool,
         in_transaction: InTransaction | None = None,
     ) -> None:
-        if in_transaction is not None:
+        if in_transaction is not None and inspect.iscoroutinefunction(in_transaction):
             raise ValueError(
-                "in_transaction must be None for the SQLite state store:"
-                " its transactions run in a thread, not on the event loop"
+                "in_transaction must be a plain function for the SQLite state"
+                " store: its statements run synchronously on the event loop"
             )
 
         def operation(connection: sqlite3.Connection) -> None:
@@ -300,6 +301,10 @@ class SQLiteStore:
             ).fetchone()
             if row is None or row[8] != grant.token or row[10] < now:
                 raise LeaseLost(_lease_lost_message(grant, row, now))
+            if in_transaction is not None:
+                # A workflow table in this file: its UPDATE commits with the
+                # resolution, or, when either fails, neither does.
+                in_transaction(connection)
             _write_resolution(
                 connection,
                 lock_from_row(row),

@@ -22,6 +22,8 @@ durable.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import itertools
 import secrets
 import time
@@ -504,6 +506,9 @@ def _write_in_transaction(
 ) -> InTransaction:
     changes = dict(staged)
     commit_in_transaction = workflow.commit_in_transaction  # type: ignore[attr-defined]
+    if not inspect.iscoroutinefunction(commit_in_transaction):
+        # SQLite: the store runs it synchronously with its write connection.
+        return functools.partial(commit_in_transaction, record=record, changes=changes)
 
     async def write(connection: Any) -> None:
         await commit_in_transaction(connection, record, changes)

@@ -8,6 +8,7 @@ operator wrote in the configuration and is used as written.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,55 @@ class SqliteWorkflow:
 
         return records
 
+    def shares_store(self, store: Any) -> bool:
+        """Tell whether `store` is an SQLite state store in this workflow's file.
+
+        Then the runtime runs `commit_in_transaction` inside the store's
+        resolution transaction, so a record's UPDATE and its mark commit
+        together, as one transaction.
+        """
+        store_path = getattr(store, "path", None)
+        if not isinstance(store_path, str) or not store.url.startswith("sqlite:"):
+            return False
+        try:
+            return os.path.samefile(store_path, self.path)
+        except OSError:
+            return False
+
+    def commit_in_transaction(
+        self, connection: sqlite3.Connection, record: Record, changes: dict[str, Any]
+    ) -> None:
+        """Write `changes` to the record's row with the caller's `connection`.
+
+        Runs inside the caller's transaction. Raises WorkflowError when the
+        UPDATE fails or does not find exactly one row.
+        """
+        try:
+            self._apply(connection, record, changes)
+        except sqlite3.Error as error:
+            raise WorkflowError(
+                f"sqlite workflow {self.name}: record {record.id}: UPDATE failed: "
+                f"{error}"
+            ) from error
+
     def _update(self, record: Record, changes: dict[str, Any]) -> None:
+        if not changes:
+            return
+        connection = self._connect()
+        try:
+            with connection:
+                self._apply(connection, record, changes)
+        except sqlite3.Error as error:
+            raise WorkflowError(
+                f"sqlite workflow {self.name}: record {record.id}: UPDATE failed: "
+                f"{error}"
+            ) from error
+        finally:
+            connection.close()
+
+    def _apply(
+        self, connection: sqlite3.Connection, record: Record, changes: dict[str, Any]
+    ) -> None:
         if record.id is None:
             raise WorkflowError(f"sqlite workflow {self.name}: a record without id")
         if not changes:
@@ -140,22 +189,12 @@ class SqliteWorkflow:
         )
         parameters = [column_value(value) for value in changes.values()]
         parameters.append(self._ids.get(record.id, record.id))
-        connection = self._connect()
-        try:
-            with connection:
-                cursor = connection.execute(statement, parameters)
-                if cursor.rowcount != 1:
-                    raise WorkflowError(
-                        f"sqlite workflow {self.name}: record {record.id}: "
-                        f"expected 1 row to update, found {cursor.rowcount}"
-                    )
-        except sqlite3.Error as error:
+        cursor = connection.execute(statement, parameters)
+        if cursor.rowcount != 1:
             raise WorkflowError(
-                f"sqlite workflow {self.name}: record {record.id}: UPDATE failed: "
-                f"{error}"
-            ) from error
-        finally:
-            connection.close()
+                f"sqlite workflow {self.name}: record {record.id}: "
+                f"expected 1 row to update, found {cursor.rowcount}"
+            )
 
 
 def _decode_text(data: bytes) -> str:

@@ -87,6 +87,62 @@ def test_sqlite_shared_store_commits_atomically(site: Site, reports) -> None:
     assert rows == [(1, "approved")]
 
 
+def shared_database(site: Site) -> Path:
+    """A workflow table in the SQLite file that also holds the state store."""
+    database = site.root / "shared.db"
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY, status)")
+        connection.execute("INSERT INTO requests VALUES (1, 'approved')")
+    connection.close()
+    site.write(
+        "10-db.toml",
+        '[daemon]\nstate = "../shared.db"\n'
+        '[workflows.db]\nkind = "sqlite"\npath = "../shared.db"\n'
+        'table = "requests"\n',
+    )
+    return database
+
+
+def test_sqlite_shared_store_commits_row_and_mark(site: Site, reports) -> None:
+    database = shared_database(site)
+    site.write("activate.agent", AGENT.format(workflow="db"))
+    result = site.run("once", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [line["outcome"] for line in reports(result.stdout)] == ["committed"]
+    connection = sqlite3.connect(database)
+    rows = connection.execute("SELECT id, status FROM requests").fetchall()
+    marks = connection.execute("SELECT record, resolution FROM marks").fetchall()
+    connection.close()
+    assert rows == [(1, "active")]
+    assert marks == [("1", "committed")]
+
+
+def test_sqlite_shared_store_failed_update_marks_error_only(
+    site: Site, reports
+) -> None:
+    # An UPDATE that fails rolls back with the resolution; the record is
+    # then marked in error without its changes.
+    database = shared_database(site)
+    site.write(
+        "activate.agent",
+        AGENT.format(workflow="db").replace(
+            'SET this.status = "active"', "SET this.nosuch = 1"
+        ),
+    )
+    result = site.run("once", "--json")
+    assert result.returncode == 1, result.stderr
+    [line] = reports(result.stdout)
+    assert line["outcome"] == "error"
+    assert "no such column: nosuch" in line["reason"]
+    connection = sqlite3.connect(database)
+    rows = connection.execute("SELECT id, status FROM requests").fetchall()
+    marks = connection.execute("SELECT record, resolution FROM marks").fetchall()
+    connection.close()
+    assert rows == [(1, "approved")]
+    assert marks == [("1", "error")]
+
+
 def test_command_workflow_lists_and_updates(site: Site, reports) -> None:
     updates = site.root / "updates.jsonl"
     lister = site.root / "list.py"

@@ -20,7 +20,8 @@ Spawn = Callable[[str, str, str], Any]
 
 @pytest.mark.slow
 async def test_restart_during_race(private_server: PrivateServer, spawn: Spawn) -> None:
-    count = 2000
+    # Enough records that the race outlasts both restarts on a fast machine.
+    count = 6000
     store = open_store(private_server.url)
     await store.open()
     try:
@@ -30,7 +31,7 @@ async def test_restart_during_race(private_server: PrivateServer, spawn: Spawn) 
         for child in started:
             child.release()
         for _ in range(2):
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.3)
             await asyncio.to_thread(private_server.restart)
         results = await asyncio.gather(
             *(asyncio.to_thread(child.finish, 200) for child in started)
