@@ -36,6 +36,7 @@ from fleetd.config.schema import (
 from fleetd.config.secrets import redact_url
 from fleetd.config.state import default_state_url, resolve_state_url
 from fleetd.config.trust import untrusted_reasons
+from fleetd.pgurl import connect_arguments
 
 DEFAULT_CONF_DIR = Path("/etc/fleetd/conf.d")
 TOP_LEVEL_TABLES = ("daemon", "globals", "workflows")
@@ -464,7 +465,12 @@ def _validate_workflow(
                 f"{where('workflows', name)}: missing key {key}, expected {spec.form}"
             )
     dsn = options.get("dsn")
-    if isinstance(dsn, str) and not dsn.startswith(("postgresql://", "postgres://")):
+    if isinstance(dsn, str) and dsn.startswith(("postgresql://", "postgres://")):
+        try:
+            connect_arguments(dsn)
+        except ValueError as error:
+            errors.append(f"{where('workflows', name, 'dsn')}: {error}")
+    elif isinstance(dsn, str):
         errors.append(
             f"{where('workflows', name, 'dsn')}: expected a postgresql:// URL, "
             f"got {redact_url(dsn)!r}"

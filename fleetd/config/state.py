@@ -26,6 +26,9 @@ def resolve_state_url(value: str, base: Path) -> str:
     ValueError when `value` is none of the accepted forms.
     """
     if value.startswith(("postgresql://", "postgres://")):
+        from fleetd.pgurl import connect_arguments
+
+        connect_arguments(value)  # a libpq parameter fleetd cannot honour
         return value
     if value.startswith("sqlite:///"):
         path = value[len("sqlite:///") :]

@@ -64,6 +64,7 @@ from fleetd.locks.common import (
     same_claim,
 )
 from fleetd.locks.postgres_schema import check_schema, migrate
+from fleetd.pgurl import connect_arguments
 
 log = structlog.get_logger()
 
@@ -164,8 +165,9 @@ class PostgresStore:
         """
         for attempt in range(1, self.open_attempts + 1):
             try:
+                url, arguments = connect_arguments(self.url)
                 self._pool = await asyncpg.create_pool(
-                    self.url, min_size=1, max_size=self.pool_size
+                    url, min_size=1, max_size=self.pool_size, **arguments
                 )
                 async with self._pool.acquire() as connection:
                     if read_only:

@@ -12,6 +12,7 @@ import asyncpg
 import structlog
 
 from fleetd.locks.common import SchemaError, require_schema_version
+from fleetd.pgurl import connect_arguments
 
 log = structlog.get_logger()
 
@@ -294,7 +295,8 @@ async def check_schema(connection: asyncpg.Connection) -> int:
 
 async def upgrade(url: str) -> int:
     """Create or migrate the schema at `url`, offline migrations included."""
-    connection = await asyncpg.connect(url)
+    address, arguments = connect_arguments(url)
+    connection = await asyncpg.connect(address, **arguments)
     try:
         return await migrate(connection, offline=True)
     finally:

@@ -40,6 +40,7 @@ import structlog
 
 from fleetd.config.model import WorkflowSettings
 from fleetd.locks.backoff import retry_delay
+from fleetd.pgurl import connect_arguments
 from fleetd.workflows.base import Record
 from fleetd.workflows.errors import WorkflowError
 from fleetd.workflows.postgresql_sql import (
@@ -287,8 +288,9 @@ class PostgresqlWorkflow:
     async def _connect_pool(self) -> asyncpg.Pool:
         async with self._pool_lock:
             if self._pool is None:
+                dsn, arguments = connect_arguments(self.dsn)
                 self._pool = await asyncpg.create_pool(
-                    self.dsn, min_size=0, max_size=POOL_SIZE, init=_set_codecs
+                    dsn, min_size=0, max_size=POOL_SIZE, init=_set_codecs, **arguments
                 )
 
             return self._pool
