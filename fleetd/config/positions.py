@@ -43,10 +43,15 @@ def locate_key(path: Path, key_path: tuple[str, ...]) -> tuple[int, int] | None:
         header = _HEADER.match(stripped)
         if header:
             table = split_key(header.group(1))
-            found.setdefault(table, (number, column))
+            key = table
         elif "=" in stripped:
             key = table + split_key(stripped.split("=", 1)[0])
-            found.setdefault(key, (number, column))
+        else:
+            continue
+        # `[workflow.requests]` also defines the table `workflow`, which
+        # no line of its own names.
+        for length in range(1, len(key) + 1):
+            found.setdefault(key[:length], (number, column))
     for length in range(len(key_path), 0, -1):
         position = found.get(key_path[:length])
         if position is not None:

@@ -31,3 +31,12 @@ def test_locate_falls_back_to_enclosing_key(tmp_path: Path) -> None:
     assert locate_key(path, ("workflows", "req", "path")) == (2, 1)
     assert locate_key(path, ("globals", "x")) is None
     assert locate_key(tmp_path / "missing.toml", ("daemon",)) is None
+
+
+def test_locate_table_only_a_dotted_header_names(tmp_path: Path) -> None:
+    # A misspelt [workflow.requests] defines the unknown table `workflow`,
+    # whose error must still point at that header.
+    path = tmp_path / "a.toml"
+    path.write_text("[daemon]\ninterval = 1\n\n[workflow.requests]\nkind = 'spool'\n")
+    assert locate_key(path, ("workflow",)) == (4, 1)
+    assert locate_key(path, ("daemon",)) == (1, 1)
