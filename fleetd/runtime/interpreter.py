@@ -103,6 +103,8 @@ class RunState(msgspec.Struct):
     )
     # Values of the `*_secret` and `*_password` globals, masked in logs.
     secrets: tuple[str, ...] = ()
+    # Commands being executed, so a timeout can name what was still running.
+    running: list[Command] = msgspec.field(default_factory=list)
 
     @property
     def mnemonic(self) -> str:
@@ -425,15 +427,21 @@ async def run_command(
         return True
 
     state.commands_run += 1
+    # A command cancelled by a timeout stays in `running`, where the
+    # timeout's reason finds it.
+    state.running.append(command)
     try:
         await execute_leaf(command, scope, state, builder)
     except CommandError as error:
+        state.running.remove(command)
         state.fail(command, str(error))
         return False
     except Exception as error:
+        state.running.remove(command)
         state.log.exception("command_crashed", command=command_text(command))
         state.fail(command, f"internal error: {type(error).__name__}: {error}")
         return False
+    state.running.remove(command)
 
     return True
 

@@ -52,7 +52,7 @@ from fleetd.locks import (
 )
 from fleetd.locks.manager import Apply
 from fleetd.logs import get_logger
-from fleetd.runtime.interpreter import RunState
+from fleetd.runtime.interpreter import RunState, command_text
 from fleetd.runtime.phases import (
     NO_CLEANUP_COMMAND,
     cleanup_phase,
@@ -446,6 +446,9 @@ async def _run(
     if timed_out:
         run_succeeded = False
         run_reason = f"timed out after {agent.timeout:g} s"
+        if state.running:
+            texts = ", ".join(command_text(command) for command in state.running)
+            run_reason += f" in {texts}"
         logger.error("run_timed_out", timeout_s=agent.timeout)
     elif outer.cancelled_caught:
         run_succeeded = False

@@ -170,6 +170,26 @@ async def test_parallel_children_run_at_once(fleet: Fleet) -> None:
     assert report.run is PhaseResult.SUCCEEDED
 
 
+async def test_timeout_names_the_parallel_command_still_running(fleet: Fleet) -> None:
+    fleet.agent(
+        """
+        NAME     Slow
+        MNEMONIC slow
+        TIMEOUT  500ms
+        PARALLEL
+            EXEC_COMMAND true
+            EXEC_COMMAND sleep 30
+        END
+        ON_FAILURE
+            ECHO cleanup
+        END
+        """
+    )
+    [report] = await fleet.cycle()
+    path = fleet.root / "conf.d" / "test.agent"
+    assert report.reason == f"timed out after 0.5 s in {path}:6: EXEC_COMMAND sleep 30"
+
+
 async def test_timeout_fails_run_and_kills_program(fleet: Fleet) -> None:
     pidfile = fleet.root / "slow.pid"
     fleet.agent(
@@ -188,7 +208,12 @@ async def test_timeout_fails_run_and_kills_program(fleet: Fleet) -> None:
     assert time.monotonic() - started < 5
     assert report.outcome is Outcome.ROLLED_BACK
     assert report.run is PhaseResult.FAILED
-    assert report.reason == "timed out after 0.5 s"
+    # The reason names the command that was still running.
+    path = fleet.root / "conf.d" / "test.agent"
+    assert report.reason == (
+        f'timed out after 0.5 s in {path}:4: EXEC_COMMAND sh -c "echo $$ > {pidfile};'
+        ' exec sleep 30"'
+    )
     assert process_gone(int(pidfile.read_text()))
     assert fleet.echoed == ["cleanup"]
 
