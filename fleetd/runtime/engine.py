@@ -289,6 +289,10 @@ class Engine:
                         for m in await self.store.marks()
                         if m.resolution in (Resolution.COMMIT, Resolution.ERROR)
                     }
+                    settings.held = {
+                        (lock.key.workflow, lock.key.record, lock.key.mnemonic): lock
+                        for lock in await self.store.locks()
+                    }
             except Exception as error:  # noqa: BLE001 - the daemon outlives a bad cycle
                 self._last_error = f"{agent.name}: {error}"
                 log.error("cycle_failed", workflow=agent.workflow, error=repr(error))

@@ -46,6 +46,7 @@ from fleetd.locks import (
     InTransaction,
     LeaseLost,
     Locked,
+    LockInfo,
     LockKey,
     LockManager,
     Resolution,
@@ -90,10 +91,12 @@ class RunSettings(msgspec.Struct):
     cleanup_timeout: float = 60.0
     kill_grace: float = KILL_GRACE
     pretend: bool = False
-    # In pretend mode: resolution marks by (workflow, record, mnemonic).
+    # In pretend mode: resolution marks and held locks, by (workflow, record,
+    # mnemonic), read when the cycle starts.
     marks: Mapping[tuple[str, str, str], Resolution] = msgspec.field(
         default_factory=dict
     )
+    held: Mapping[tuple[str, str, str], LockInfo] = msgspec.field(default_factory=dict)
     # Scopes of runs waiting on the state store (taking or resolving a lock),
     # which `Engine.cancel_runs` cancels when the store stays unavailable.
     store_waits: set[anyio.CancelScope] = msgspec.field(default_factory=set)
@@ -386,6 +389,11 @@ async def _run(
         if mark is not None and record.id is not None:
             reason = "in error" if mark is Resolution.ERROR else None
             return report(Outcome.DONE, reason=reason)
+        holder = settings.held.get((key.workflow, key.record, key.mnemonic))
+        if holder is not None:
+            # As a real run would be refused; a lock whose owner died is
+            # resolved as interrupted by the next run that is not pretend.
+            return report(Outcome.LOCKED, reason=_locked_reason(holder))
         would, reason = await pretend_run(state, scope)
         context["phase"] = "cleanup"
         return report(Outcome.PRETEND, reason=reason, would=would)
@@ -409,10 +417,8 @@ async def _run(
         return report(Outcome.DONE, reason=reason)
     except Locked as locked:
         holder = locked.holder
-        since = datetime.fromtimestamp(holder.since, UTC)
-        reason = f"locked by {holder.owner} since {since:%Y-%m-%dT%H:%M:%SZ}"
         logger.info("record_locked", holder=str(holder.owner), run=holder.run_id)
-        return report(Outcome.LOCKED, reason=reason)
+        return report(Outcome.LOCKED, reason=_locked_reason(holder))
     state.transaction = transaction
 
     # Check and Run, bounded by TIMEOUT and cancelled by shutdown.
@@ -493,6 +499,11 @@ async def _run(
         return report(outcome, run=run_result, cleanup=cleanup_result, reason=reason)
 
     return finish
+
+
+def _locked_reason(holder: LockInfo) -> str:
+    since = datetime.fromtimestamp(holder.since, UTC)
+    return f"locked by {holder.owner} since {since:%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _shares_store(workflow: Workflow, settings: RunSettings) -> bool:

@@ -70,6 +70,29 @@ async def test_record_locked_by_live_owner(fleet: Fleet) -> None:
     assert fleet.echoed == []
 
 
+async def test_pretend_reports_a_held_lock_as_locked(fleet: Fleet) -> None:
+    # Pretend shows what a run would do, and a run would be refused.
+    fleet.record("pia", status="approved")
+    fleet.agent(PROVISION)
+    other = replace(current_owner(), instance="another-daemon")
+    async with fleet.engine() as engine:
+        await engine.store.acquire(
+            LockKey("requests", "pia", "provision"),
+            other,
+            "Provision",
+            "other-run",
+            60.0,
+            check_mark=True,
+        )
+    [report] = await fleet.cycle(pretend=True)
+    assert report.outcome is Outcome.LOCKED
+    assert report.reason is not None
+    assert report.reason.startswith(f"locked by {other} since 20")
+    async with fleet.engine() as engine:
+        [lock] = await engine.store.locks()
+    assert lock.run_id == "other-run"
+
+
 async def test_late_commit_rejected_after_lease_lost(
     fleet: Fleet, events: list
 ) -> None:
