@@ -430,7 +430,7 @@ class Supervisor:
 
     def _log_ignored_files(self) -> None:
         for path, reason in self._config.ignored:
-            log.warning("file_ignored", path=str(path), reason=reason)
+            log.warning("file_ignored", file=str(path), reason=reason)
         # Agent files rejected by the ownership and mode checks made as root.
         for message in self._config.errors:
             log.error("file_rejected", error=message)
