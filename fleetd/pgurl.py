@@ -45,8 +45,8 @@ def connect_arguments(url: str) -> tuple[str, dict[str, Any]]:
     """Return the URL for asyncpg and the keyword arguments to connect with.
 
     Raises:
-        ValueError: a parameter asks for what asyncpg cannot do, or has a
-            value libpq would refuse. The message names the parameter.
+        ValueError: a parameter requests what asyncpg cannot do, or has a
+            value libpq would reject. The message names the parameter.
     """
     parts = urlsplit(url)
     if not parts.query:

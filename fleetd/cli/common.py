@@ -156,7 +156,7 @@ def load_registry(config: Config) -> Registry:
     """Load the built-in functions and the plugins that load.
 
     Each plugin that cannot load is shown and left out, like an invalid
-    agent file; the command then exits 2 once it has run what it could
+    agent file. The command then exits 2 once it has run what it could
     (`plugin_problems`).
     """
     from fleetd.lang import load_plugins

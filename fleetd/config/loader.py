@@ -158,7 +158,7 @@ def _list_drop_ins(
             regular = stat.S_ISREG(path.stat().st_mode)
         except OSError as error:
             # A drop-in symlinked into a folder this user cannot enter is
-            # listed, so that reading it reports the error; a dangling
+            # listed, so that reading it reports the error. A dangling
             # symlink is skipped like any other entry that is not a file.
             regular = error.errno != errno.ENOENT
         if not regular:

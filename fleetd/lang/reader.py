@@ -175,7 +175,7 @@ class LineReader:
         if cached is not None:
             return cached
         # Blanks that end the line are not part of its last word, as with
-        # every other command; a form feed or vertical tab inside the line
+        # every other command. A form feed or vertical tab inside the line
         # stays in its word, as in sh.
         trimmed = text.rstrip(" \t\f\v")
         if not trimmed.endswith("\\"):

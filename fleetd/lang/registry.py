@@ -307,7 +307,7 @@ def load_plugins(
     could be changed by others adds none of its specs. With `problems`,
     each such plugin is described there (naming the entry point, folder or
     file) and the others load, so a bad file stops no agent that does not
-    use it. Without it, the first problem raises PluginError.
+    use it. Without it, PluginError is raised naming every problem.
     """
     found: list[str] = []
     registry = Registry.default()

@@ -8,7 +8,7 @@ from typing import TypeAlias
 from fleetd.lang.errors import EvaluationError
 from fleetd.lang.values import Value
 
-#: Where a block's scope sits in an agent: the (line, column) of each
+#: Position of a block's scope in an agent: the (line, column) of each
 #: enclosing WHEN or FOREACH and of the block itself, with the iteration
 #: number after a FOREACH's position.
 BlockKey: TypeAlias = tuple[tuple[int, ...], ...]

@@ -79,7 +79,7 @@ class ProgramResult(msgspec.Struct):
 
     `returncode` is None when the program did not start (then `error` gives
     the reason) or was cancelled before it exited; a negative value is the signal
-    that ended it. `output` holds the last lines of stdout and stderr, and
+    that ended it. `output` contains the last lines of stdout and stderr, and
     `last_error` the last stderr line that is not blank, which the reason
     for a failure shows.
     """

@@ -258,7 +258,7 @@ async def start_record(
     The resolution is left to `PendingRun.finish`, so that its durable
     write can overlap the next run. `cancel_scope`, when given, is the
     scope Check and Run execute in: its cancellation (by shutdown) fails
-    Run but still runs Cleanup. `blocks` holds the PREREQUISITE_SET values
+    Run but still runs Cleanup. `blocks` contains the PREREQUISITE_SET values
     made inside WHEN and FOREACH blocks (`LoadedAgent.blocks`).
     """
     run_id = run_id or new_run_id()
