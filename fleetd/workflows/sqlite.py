@@ -166,12 +166,7 @@ class SqliteWorkflow:
         connection = self._connect()
         try:
             with connection:
-                self._apply(connection, record, changes)
-        except sqlite3.Error as error:
-            raise WorkflowError(
-                f"sqlite workflow {self.name}: record {record.id}: UPDATE failed: "
-                f"{error}"
-            ) from error
+                self.commit_in_transaction(connection, record, changes)
         finally:
             connection.close()
 

@@ -49,9 +49,8 @@ def test_sqlite_workflow_updates_rows(site: Site, reports) -> None:
     assert rows == [(1, "active"), (2, "pending"), (3, "approved")]
 
 
-def test_sqlite_shared_store_commits_atomically(site: Site, reports) -> None:
-    # The workflow's table lives in the state store's own SQLite file, so the
-    # UPDATE and the resolution must commit together or not at all.
+def shared_database(site: Site) -> Path:
+    """A workflow table in the SQLite file that also holds the state store."""
     database = site.root / "shared.db"
     connection = sqlite3.connect(database)
     with connection:
@@ -64,6 +63,13 @@ def test_sqlite_shared_store_commits_atomically(site: Site, reports) -> None:
         '[workflows.db]\nkind = "sqlite"\npath = "../shared.db"\n'
         'table = "requests"\n',
     )
+    return database
+
+
+def test_sqlite_shared_store_commits_atomically(site: Site, reports) -> None:
+    # The workflow's table lives in the state store's own SQLite file, so the
+    # UPDATE and the resolution must commit together or not at all.
+    database = shared_database(site)
     site.write("activate.agent", AGENT.format(workflow="db"))
     assert site.run("db", "upgrade").returncode == 0
     # Every resolution now fails when it writes its history row.
@@ -85,23 +91,6 @@ def test_sqlite_shared_store_commits_atomically(site: Site, reports) -> None:
     connection.close()
     assert marks == []
     assert rows == [(1, "approved")]
-
-
-def shared_database(site: Site) -> Path:
-    """A workflow table in the SQLite file that also holds the state store."""
-    database = site.root / "shared.db"
-    connection = sqlite3.connect(database)
-    with connection:
-        connection.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY, status)")
-        connection.execute("INSERT INTO requests VALUES (1, 'approved')")
-    connection.close()
-    site.write(
-        "10-db.toml",
-        '[daemon]\nstate = "../shared.db"\n'
-        '[workflows.db]\nkind = "sqlite"\npath = "../shared.db"\n'
-        'table = "requests"\n',
-    )
-    return database
 
 
 def test_sqlite_shared_store_commits_row_and_mark(site: Site, reports) -> None:

@@ -9,7 +9,7 @@ import pytest
 from msgspec.structs import replace
 
 from fleetd.lang import CommandSpec
-from fleetd.locks import LockKey, current_owner
+from fleetd.locks import LockKey, Owner, current_owner
 from fleetd.runtime import Engine, Outcome, PhaseResult
 from tests.runtime.conftest import Fleet
 from tests.runtime.helpers import wait_for_file
@@ -50,19 +50,26 @@ async def test_abandoned_lock_reported_once_as_interrupted(fleet: Fleet) -> None
     assert fleet.fields("olga") == {"status": "approved"}
 
 
-async def test_record_locked_by_live_owner(fleet: Fleet) -> None:
-    fleet.record("pia", status="approved")
-    fleet.agent(PROVISION)
+async def hold_lock(fleet: Fleet, record_id: str) -> Owner:
+    """Lock `record_id` for the mnemonic provision as another, live daemon."""
     other = replace(current_owner(), instance="another-daemon")
     async with fleet.engine() as engine:
         await engine.store.acquire(
-            LockKey("requests", "pia", "provision"),
+            LockKey("requests", record_id, "provision"),
             other,
             "Provision",
             "other-run",
             60.0,
             check_mark=True,
         )
+
+    return other
+
+
+async def test_record_locked_by_live_owner(fleet: Fleet) -> None:
+    fleet.record("pia", status="approved")
+    fleet.agent(PROVISION)
+    other = await hold_lock(fleet, "pia")
     [report] = await fleet.cycle()
     assert report.outcome is Outcome.LOCKED
     assert report.reason is not None
@@ -74,16 +81,7 @@ async def test_pretend_reports_a_held_lock_as_locked(fleet: Fleet) -> None:
     # Pretend shows what a run would do, and a run would be refused.
     fleet.record("pia", status="approved")
     fleet.agent(PROVISION)
-    other = replace(current_owner(), instance="another-daemon")
-    async with fleet.engine() as engine:
-        await engine.store.acquire(
-            LockKey("requests", "pia", "provision"),
-            other,
-            "Provision",
-            "other-run",
-            60.0,
-            check_mark=True,
-        )
+    other = await hold_lock(fleet, "pia")
     [report] = await fleet.cycle(pretend=True)
     assert report.outcome is Outcome.LOCKED
     assert report.reason is not None
