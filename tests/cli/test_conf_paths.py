@@ -89,7 +89,6 @@ def test_same_agent_file_twice_runs_once(site: Site, reports) -> None:
     assert [line["outcome"] for line in reports(result.stdout)] == ["committed"]
 
 
-
 def run_without_file_mode_bypass(
     site: Site, *args: str
 ) -> subprocess.CompletedProcess[str]:

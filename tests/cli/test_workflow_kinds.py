@@ -210,9 +210,9 @@ def test_command_json_line_unreadable_is_invalid(site: Site, reports) -> None:
     updates = site.root / "updates.jsonl"
     lister = site.root / "list.py"
     lister.write_text(
-        "print('{\"id\": \"a1\", \"status\": \"approved\"}')\n"
-        "print('{\"id\": \"b2\", \"status\": \"appro')\n"
-        "print('{\"id\": \"c3\", \"status\": \"approved\"}')\n"
+        'print(\'{"id": "a1", "status": "approved"}\')\n'
+        'print(\'{"id": "b2", "status": "appro\')\n'
+        'print(\'{"id": "c3", "status": "approved"}\')\n'
     )
     updater = site.root / "update.py"
     updater.write_text(

@@ -330,11 +330,10 @@ def test_cleanup_block_needs_its_own_command() -> None:
     # Each cleanup block runs with a program builder of its own, so a
     # COMMAND in Run does not start a program for an OPTION in ON_SUCCESS.
     text = HEADER + "COMMAND touch a\nON_SUCCESS\n    OPTION b\n    EXEC\nEND\nEXEC\n"
+    where = "in its cleanup block, which builds its programs on its own"
     assert errors(text) == [
-        "t.agent:5:5: OPTION without a COMMAND before it in its cleanup block,"
-        " which builds its programs on its own",
-        "t.agent:6:5: EXEC without a COMMAND before it in its cleanup block,"
-        " which builds its programs on its own",
+        f"t.agent:5:5: OPTION without a COMMAND before it {where}",
+        f"t.agent:6:5: EXEC without a COMMAND before it {where}",
     ]
 
 
