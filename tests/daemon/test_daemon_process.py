@@ -323,6 +323,28 @@ def test_broken_plugin_spares_other_agents(root: Path, daemon: Daemon) -> None:
     )
 
 
+def test_plugin_calling_exit_spares_daemon(root: Path, daemon: Daemon) -> None:
+    # sys.exit() at import raises SystemExit, which is not an Exception.
+    # The daemon must still start and run the agents that do not use it.
+    plugins = root / "plugins"
+    plugins.mkdir()
+    (plugins / "quit.py").write_text("import sys\nsys.exit(0)\n")
+    write_settings(root / "conf.d", root, plugin_dirs=f'["{plugins}"]')
+    (root / "conf.d" / "plain.agent").write_text(
+        "NAME Plain\nMNEMONIC plain\nSCHEDULE every 1s\nECHO plain ran\n"
+    )
+    daemon.start()
+    daemon.wait_notify(lambda message: message.get("READY") == "1")
+    deadline = time.monotonic() + 20
+    while "plain ran" not in daemon.stdout_lines():
+        assert time.monotonic() < deadline, daemon.logs()
+        time.sleep(0.05)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0
+    (failed,) = daemon.log_events("plugin_invalid")
+    assert "quit.py" in failed["error"]
+
+
 def test_reload_keeps_run_on_old_version(root: Path, daemon: Daemon) -> None:
     conf_dir = root / "conf.d"
     write_settings(conf_dir, root)
