@@ -287,3 +287,28 @@ def test_lost_lease_writes_neither_row_nor_mark(site: PgSite) -> None:
     assert status(site, 1) == "open"
     assert marks(site) == []
     assert site.query("SELECT count(*) FROM fleetd_history")[0][0] == 0
+
+
+def test_nul_in_stderr_still_rolls_back(site: PgSite) -> None:
+    # The failure reason ends with the program's last stderr line, and a
+    # PostgreSQL text column cannot hold a NUL character. The run failed
+    # and its ON_FAILURE block succeeded, so the record rolls back.
+    site.tickets(1)
+    site.write(
+        "close.agent",
+        CLOSE
+        + """
+        EXEC_COMMAND sh -c 'printf "bad\\0byte\\n" >&2; exit 3'
+        ON_FAILURE
+            LOG info rolled back
+        END
+        """,
+    )
+
+    [report] = run_cycles(site)
+
+    assert report.outcome is Outcome.ROLLED_BACK, report.reason
+    assert "exited with status 3" in (report.reason or "")
+    assert status(site, 1) == "open"
+    assert marks(site) == []
+    assert site.query("SELECT record FROM fleetd_locks") == []
