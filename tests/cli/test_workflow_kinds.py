@@ -132,6 +132,51 @@ def test_sqlite_shared_store_failed_update_marks_error_only(
     assert marks == [("1", "error")]
 
 
+def test_sqlite_shared_store_trigger_rollback_isolated(
+    site: Site, reports
+) -> None:
+    # RAISE(ROLLBACK) in a trigger ends the whole transaction, which the
+    # store shares with the claims and resolutions of other records. Only
+    # the records whose UPDATE the trigger rejects may end in error.
+    database = shared_database(site)
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.execute("ALTER TABLE requests ADD COLUMN target")
+        connection.execute("UPDATE requests SET target = 'active'")
+        connection.executemany(
+            "INSERT INTO requests VALUES (?, 'approved', ?)",
+            [(id, "held" if id % 10 == 0 else "active") for id in range(2, 41)],
+        )
+        connection.execute(
+            "CREATE TRIGGER guard BEFORE UPDATE ON requests"
+            " WHEN NEW.status = 'held'"
+            " BEGIN SELECT RAISE(ROLLBACK, 'held is not allowed'); END"
+        )
+    connection.close()
+    site.write(
+        "activate.agent",
+        AGENT.format(workflow="db")
+        .replace('SET this.status = "active"', "SET this.status = this.target")
+        .replace("WORKFLOW db", "WORKFLOW db\nCONCURRENCY 16"),
+    )
+
+    result = site.run("once", "--json")
+
+    outcomes = {line["record"]: line["outcome"] for line in reports(result.stdout)}
+    rejected = {str(id) for id in range(10, 41, 10)}
+    assert {id for id, outcome in outcomes.items() if outcome == "error"} == rejected
+    committed = {id for id, outcome in outcomes.items() if outcome == "committed"}
+    assert committed == {str(id) for id in range(1, 41)} - rejected
+    connection = sqlite3.connect(database)
+    statuses = dict(
+        connection.execute("SELECT status, count(*) FROM requests GROUP BY 1")
+    )
+    locks = connection.execute("SELECT count(*) FROM locks").fetchone()[0]
+    connection.close()
+    assert statuses == {"active": 36, "approved": 4}
+    assert locks == 0
+
+
 def test_command_workflow_lists_and_updates(site: Site, reports) -> None:
     updates = site.root / "updates.jsonl"
     lister = site.root / "list.py"
