@@ -231,7 +231,7 @@ def _load_file(path: Path) -> ModuleType:
     try:
         code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
         exec(code, module.__dict__)  # noqa: S102 - running the plugin is the point
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         del sys.modules[module_name]
         raise PluginError(f"{path}: import failed: {error!r}") from error
     return module
@@ -279,7 +279,9 @@ def _add_source(
     except PluginError as error:
         problems.append(str(error))
         return
-    except Exception as error:  # noqa: BLE001 - a plugin may raise anything
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - a plugin may raise anything
+        # SystemExit too: a script dropped into a plugin folder may call
+        # sys.exit() or argparse at its top level.
         problems.append(f"{source}: import failed: {error!r}")
         return
     registry.functions.update(scratch.functions)
