@@ -197,6 +197,10 @@ class Transaction:
                 # store checks it again when it writes the resolution.
                 await store.validate(self.grant)
                 reason = await self._apply(resolution, apply, reason)
+            if reason is not None and "\0" in reason:
+                # A reason quotes programs' output and record values, and a
+                # PostgreSQL text column cannot hold a NUL character.
+                reason = reason.replace("\0", "\\x00")
             await store.resolve(
                 self.grant,
                 resolution,

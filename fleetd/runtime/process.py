@@ -122,6 +122,7 @@ class ProgramResult(msgspec.Struct):
             return ""
         if len(line) > REASON_LINE_CHARS:
             line = line[: REASON_LINE_CHARS - 3] + "..."
+        line = line.replace("\0", "\\x00")
         return f" (stderr: {line})"
 
 

@@ -84,6 +84,17 @@ async def test_null_error_listed_in_marks(store: StateStore) -> None:
     assert [(m.key, m.reason) for m in errors] == [(null_key, "cleanup failed")]
 
 
+async def test_nul_in_reason_is_stored_escaped(store: StateStore) -> None:
+    # A reason quotes program output and record values; PostgreSQL text
+    # cannot hold NUL, so the resolution must not fail on one.
+    locks = LockManager(store, current_owner(), lease=30)
+    transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
+    await transaction.commit_with_error(reason="bad\0byte")
+    [entry] = await store.history(KEY.record)
+    assert entry.reason == "bad\\x00byte"
+    assert await store.locks() == []
+
+
 async def test_rollback_leaves_record_eligible(store: StateStore) -> None:
     locks = LockManager(store, current_owner(), lease=30)
     transaction = await locks.begin(KEY, agent="a", run_id="r1", check_mark=True)
