@@ -128,13 +128,29 @@ def copy_values(values: Mapping[str, Value]) -> dict[str, Value]:
     }
 
 
+#: Characters a line of a multi-line secret needs to be masked on its own.
+SECRET_LINE_MIN = 4
+
+
 def secret_values(variables: Mapping[str, Value]) -> tuple[str, ...]:
-    """Return the text of every `*_secret` or `*_password` global, longest first."""
-    texts = {
-        render(value)
-        for name, value in variables.items()
-        if is_secret(name) and isinstance(value, (str, int, float))
-    }
+    """Return the texts to mask for the `*_secret` and `*_password` globals.
+
+    Each value, longest first, and each line of a value of several lines:
+    program output is logged and quoted line by line, so a private key
+    printed by a program never appears whole. A line shorter than
+    `SECRET_LINE_MIN` is masked only as part of its value, or every short
+    word of the output would become `***`.
+    """
+    texts: set[str] = set()
+    for name, value in variables.items():
+        if not is_secret(name) or not isinstance(value, (str, int, float)):
+            continue
+        text = render(value)
+        texts.add(text)
+        if "\n" in text:
+            lines = (line.rstrip("\r") for line in text.split("\n"))
+            texts.update(line for line in lines if len(line) >= SECRET_LINE_MIN)
+
     return tuple(sorted((text for text in texts if text), key=len, reverse=True))
 
 
