@@ -92,6 +92,19 @@ class StoreClosed(Exception):
     """The store was closed before the operation could be committed."""
 
 
+class _BatchAborted(Exception):
+    """An operation ended the whole transaction (a trigger's RAISE(ROLLBACK)).
+
+    Every operation of the batch was rolled back with it; the one at
+    `index` failed with `error`, and the others must run again.
+    """
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
 def is_transient(error: BaseException) -> bool:
     """Tell whether an sqlite3 error is one that a retry may cure."""
     code = getattr(error, "sqlite_errorcode", None)
@@ -368,6 +381,17 @@ class BatchWriter:
         assert connection is not None
         try:
             results = self._execute(connection, batch)
+        except _BatchAborted as aborted:
+            # The others were rolled back with it: they run again next turn
+            # (or in the next round of `stop`).
+            failed = batch.pop(aborted.index)
+            if not failed.future.done():
+                failed.future.set_exception(aborted.error)
+            self._queue[:0] = batch
+            if self._queue and self._flush_handle is None and not self._closing:
+                self._flush_soon = True
+                self._flush_handle = self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+            return True
         except sqlite3.Error as error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
@@ -423,24 +447,30 @@ class BatchWriter:
             except sqlite3.Error as error:
                 if is_transient(error):
                     raise
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 return [(False, error)]
             except Exception as error:  # noqa: BLE001 - handed to the awaiting task
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
                 return [(False, error)]
             connection.execute("COMMIT")
             return [(True, value)]
         results: list[tuple[bool, Any]] = []
-        for pending in batch:
+        for index, pending in enumerate(batch):
             connection.execute("SAVEPOINT operation")
             try:
                 value = pending.operation(connection)
             except sqlite3.Error as error:
                 if is_transient(error):
                     raise
+                if not connection.in_transaction:
+                    raise _BatchAborted(index, error) from error
                 connection.execute("ROLLBACK TO operation")
                 results.append((False, error))
-            except Exception as error:  # noqa: BLE001 - handed to the awaiting task
+            except Exception as error:  # handed to the awaiting task, or raised
+                if not connection.in_transaction:
+                    raise _BatchAborted(index, error) from error
                 connection.execute("ROLLBACK TO operation")
                 results.append((False, error))
             else:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,42 @@ async def test_failing_operation_spares_its_batch(sqlite_store: SQLiteStore) -> 
     )
     assert isinstance(results[0], sqlite3.IntegrityError)
     assert len(await sqlite_store.locks()) == 1
+
+
+async def test_rollback_by_one_operation_spares_its_batch(
+    sqlite_store: SQLiteStore,
+) -> None:
+    # A trigger's RAISE(ROLLBACK) ends the whole transaction, savepoints
+    # included: the other operations of the batch must run again.
+    def prepare(connection: sqlite3.Connection) -> None:
+        connection.execute("CREATE TABLE guarded (value INTEGER)")
+        connection.execute(
+            "CREATE TRIGGER reject BEFORE INSERT ON guarded WHEN NEW.value < 0"
+            " BEGIN SELECT RAISE(ROLLBACK, 'negative'); END"
+        )
+
+    await sqlite_store._writer.submit(prepare)
+
+    def insert(value: int) -> Callable[[sqlite3.Connection], int]:
+        def operation(connection: sqlite3.Connection) -> int:
+            connection.execute("INSERT INTO guarded VALUES (?)", (value,))
+            return value
+
+        return operation
+
+    results = await asyncio.gather(
+        *(sqlite_store._writer.submit(insert(value)) for value in (1, -1, 2, 3)),
+        return_exceptions=True,
+    )
+    assert results[0] == 1
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert results[2:] == [2, 3]
+    rows = sqlite_store._writer.read(
+        lambda connection: connection.execute(
+            "SELECT value FROM guarded ORDER BY value"
+        ).fetchall()
+    )
+    assert rows == [(1,), (2,), (3,)]
 
 
 async def test_busy_database_retried(tmp_path: Path) -> None:
