@@ -26,6 +26,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from fleetd.workflows.errors import WorkflowError
 from fleetd.workflows.strict_json import dump_json, load_json
 
 SUFFIX = ".json"
+#: Seconds a commit tries to lock a request file that another process holds.
+COMMIT_LOCK_WAIT = 10.0
 # O_NONBLOCK keeps the open of a FIFO named like a record from blocking.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -53,7 +56,19 @@ class SpoolWorkflow:
         return await anyio.to_thread.run_sync(self._read_all)
 
     async def commit(self, record: Record, changes: dict[str, Any]) -> None:
-        await anyio.to_thread.run_sync(self._write, record, changes)
+        # The file's lock is taken without blocking a thread, so a program
+        # that holds it for long (`flock file sleep 120`) delays a shutdown
+        # by COMMIT_LOCK_WAIT at most.
+        deadline = time.monotonic() + COMMIT_LOCK_WAIT
+        delay = 0.001
+        while not await anyio.to_thread.run_sync(self._write, record, changes):
+            if time.monotonic() >= deadline:
+                raise WorkflowError(
+                    f"spool {self.name}: record {record.id}: not committed, because"
+                    f" another process kept the file locked for {COMMIT_LOCK_WAIT:g} s"
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     # -- blocking parts, run in a worker thread --------------------------------
 
@@ -111,7 +126,8 @@ class SpoolWorkflow:
 
         return Record(id=record_id, fields=data)
 
-    def _write(self, record: Record, changes: dict[str, Any]) -> None:
+    def _write(self, record: Record, changes: dict[str, Any]) -> bool:
+        """Commit `changes`; return False when another process holds the file's lock."""
         if record.id is None:
             raise WorkflowError(f"spool {self.name}: a record without id")
         where = f"spool {self.name}: record {record.id}"
@@ -121,6 +137,8 @@ class SpoolWorkflow:
         # drop the fields this commit writes.
         try:
             descriptor, info = _lock_regular_file(path)
+        except BlockingIOError:
+            return False
         except _NotRegularFile as error:
             raise WorkflowError(f"{where}: no longer a regular file") from error
         except OSError as error:
@@ -156,6 +174,8 @@ class SpoolWorkflow:
             )
         finally:
             os.close(descriptor)  # releases the lock
+
+        return True
 
 
 def _utf8_text(content: bytes) -> str:
@@ -194,9 +214,10 @@ def _read_regular_file(path: Path) -> tuple[int, bytes]:
 def _lock_regular_file(path: Path) -> tuple[int, os.stat_result]:
     """Open the regular file `path` and lock it; return the descriptor and its stat.
 
-    A commit replaces the file by a rename, so a lock waited for may end up
-    on a file that is no longer at `path`: it is then dropped and the new
-    file is locked. Raises like `_read_regular_file`.
+    A commit replaces the file by a rename, so a lock may end up on a file
+    that is no longer at `path`: it is then dropped and the new file is
+    locked. Raises BlockingIOError when another process holds the lock,
+    else like `_read_regular_file`.
     """
     while True:
         descriptor = os.open(path, _OPEN_FLAGS)
@@ -204,7 +225,7 @@ def _lock_regular_file(path: Path) -> tuple[int, os.stat_result]:
             info = os.fstat(descriptor)
             if not stat.S_ISREG(info.st_mode):
                 raise _NotRegularFile(path)
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             current = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             os.close(descriptor)
