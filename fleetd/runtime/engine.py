@@ -46,6 +46,7 @@ from fleetd.locks import (
     StateStore,
     current_owner,
     open_store,
+    owner_alive,
 )
 from fleetd.logs import get_logger
 from fleetd.runtime.agents import LoadedAgent
@@ -292,6 +293,12 @@ class Engine:
                     settings.held = {
                         (lock.key.workflow, lock.key.record, lock.key.mnemonic): lock
                         for lock in await self.store.locks()
+                    }
+                    settings.abandoned = {
+                        lock.run_id
+                        for lock in await self.store.abandoned(
+                            self.owner.host, owner_alive
+                        )
                     }
             except Exception as error:  # noqa: BLE001 - the daemon outlives a bad cycle
                 self._last_error = f"{agent.name}: {error}"

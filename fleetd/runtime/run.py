@@ -97,6 +97,8 @@ class RunSettings(msgspec.Struct):
         default_factory=dict
     )
     held: Mapping[tuple[str, str, str], LockInfo] = msgspec.field(default_factory=dict)
+    # In pretend mode: run ids of the held locks whose owner is gone.
+    abandoned: set[str] = msgspec.field(default_factory=set)
     # Scopes of runs waiting on the state store (taking or resolving a lock),
     # which `Engine.cancel_runs` cancels when the store stays unavailable.
     store_waits: set[anyio.CancelScope] = msgspec.field(default_factory=set)
@@ -407,9 +409,15 @@ async def _run(
             return report(Outcome.DONE, reason=reason)
         holder = settings.held.get((key.workflow, key.record, key.mnemonic))
         if holder is not None:
-            # As a real run would be refused; a lock whose owner died is
-            # resolved as interrupted by the next run that is not pretend.
-            return report(Outcome.LOCKED, reason=_locked_reason(holder))
+            # As a real run would be refused. A real run would first resolve
+            # a lock whose owner is gone, which pretend only tells.
+            reason = _locked_reason(holder)
+            if holder.run_id in settings.abandoned:
+                reason += (
+                    "; its owner is gone, so the next run that is not pretend"
+                    " resolves it as error (interrupted)"
+                )
+            return report(Outcome.LOCKED, reason=reason)
         would, reason = await pretend_run(state, scope)
         context["phase"] = "cleanup"
         return report(Outcome.PRETEND, reason=reason, would=would)

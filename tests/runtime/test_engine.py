@@ -91,6 +91,33 @@ async def test_pretend_reports_a_held_lock_as_locked(fleet: Fleet) -> None:
     assert lock.run_id == "other-run"
 
 
+async def test_pretend_tells_a_dead_owners_lock_will_be_interrupted(
+    fleet: Fleet,
+) -> None:
+    fleet.record("olga", status="approved")
+    fleet.agent(PROVISION)
+    finished = await anyio.run_process(["sh", "-c", "echo $$"])
+    owner = replace(current_owner(), pid=int(finished.stdout), instance="gone")
+    async with fleet.engine() as engine:
+        await engine.store.acquire(
+            LockKey("requests", "olga", "provision"),
+            owner,
+            "Provision",
+            "run-of-a-dead-daemon",
+            60.0,
+            check_mark=True,
+        )
+    [report] = await fleet.cycle(pretend=True)
+    assert report.outcome is Outcome.LOCKED
+    assert report.reason is not None
+    assert report.reason.endswith(
+        "; its owner is gone, so the next run that is not pretend resolves it"
+        " as error (interrupted)"
+    )
+    [real] = await fleet.cycle()
+    assert (real.outcome, real.reason) == (Outcome.ERROR, "interrupted")
+
+
 async def test_late_commit_rejected_after_lease_lost(
     fleet: Fleet, events: list
 ) -> None:
