@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fleetd.lang.builtins_files import FILE_TESTS, newer_than
 from fleetd.lang.perlcrypt import perl_crypt
@@ -28,9 +29,12 @@ from fleetd.lang.perlformat import perl_pack, perl_sprintf, perl_unpack
 from fleetd.lang.perlre import compile_perl, compile_regex, search, substitute
 from fleetd.lang.registry import FunctionSpec
 from fleetd.lang.values import (
+    IV_MIN,
+    UV_MAX,
     ZERO_BUT_TRUE,
     Value,
     normalize_number,
+    perl_integer,
     render,
     to_integer,
     to_number,
@@ -52,7 +56,15 @@ def _number_function(
     function: Callable[[float], float], name: str
 ) -> Callable[[Value], Value]:
     def apply(value: Value) -> Value:
-        return normalize_number(function(to_number(value)))
+        # Perl's math gives Inf and NaN where Python's math module raises.
+        number = to_number(value)
+        try:
+            result = function(number)
+        except OverflowError:
+            return math.inf
+        except ValueError:
+            return math.nan
+        return _double(result)
 
     apply.__name__ = name
     return apply
@@ -69,11 +81,21 @@ def _sqrt(value: Value) -> Value:
     number = to_number(value)
     if number < 0:
         raise ValueError(f"can't take sqrt of {render(value)}")
-    return normalize_number(math.sqrt(number))
+    return _double(math.sqrt(number))
+
+
+def _double(number: float) -> Value:
+    """Return the double result of a math function as Perl prints it.
+
+    Perl keeps it a double (NV), so from 1e15 on it prints as 1e+15; a
+    smaller integral one prints the same as an integer, and is one.
+    """
+    return number if abs(number) >= 1e15 else normalize_number(number)
 
 
 def _abs(value: Value) -> Value:
-    return abs(to_number(value))
+    number = abs(to_number(value))
+    return perl_integer(number) if isinstance(number, int) else number
 
 
 def _atan2(y: Value, x: Value) -> Value:
@@ -84,6 +106,9 @@ def _int(value: Value) -> Value:
     number = to_number(value)
     if isinstance(number, float) and (math.isinf(number) or math.isnan(number)):
         return number
+    # Beyond 64 bits Perl's int keeps a double: int("1e20") prints 1e+20.
+    if isinstance(number, float) and not IV_MIN <= number <= UV_MAX:
+        return float(math.trunc(number))
     return int(number)
 
 
@@ -95,7 +120,7 @@ def _hex(value: Value) -> Value:
     elif text[:1].lower() == "x":
         text = text[1:]
     digits = re.match(r"[0-9A-Fa-f]*", text).group()  # type: ignore[union-attr]
-    return int(digits, 16) if digits else 0
+    return perl_integer(int(digits, 16)) if digits else 0
 
 
 def _oct(value: Value) -> Value:
@@ -110,14 +135,17 @@ def _oct(value: Value) -> Value:
         for prefix in prefixes:
             if lower.startswith(prefix):
                 digits = re.match(pattern, lower[len(prefix) :]).group()  # type: ignore[union-attr]
-                return int(digits, base) if digits else 0
+                return perl_integer(int(digits, base)) if digits else 0
     digits = re.match(r"[0-7]*", lower).group()  # type: ignore[union-attr]
-    return int(digits, 8) if digits else 0
+    return perl_integer(int(digits, 8)) if digits else 0
 
 
 def _chr(value: Value) -> Value:
+    # A negative number, even one above -1, is no code point (Perl: U+FFFD).
+    if to_number(value) < 0:
+        return "\ufffd"
     number = to_integer(value)
-    if number < 0 or number > 0x10FFFF:
+    if number > 0x10FFFF:
         return "\ufffd"
     return chr(number)
 
@@ -151,9 +179,15 @@ def _index(text: Value, needle: Value, position: Value = None) -> Value:
     return haystack.find(target, start)
 
 
-def _rindex(text: Value, needle: Value, position: Value = None) -> Value:
+# The default of an optional argument left out. An argument given as an
+# undefined value is not left out: Perl reads it as 0 or "", so that
+# substr("hello", 1, missing) is "", not "ello".
+OMITTED: Any = object()
+
+
+def _rindex(text: Value, needle: Value, position: Value = OMITTED) -> Value:
     haystack, target = render(text), render(needle)
-    if position is None:
+    if position is OMITTED:
         return haystack.rfind(target)
     start = to_integer(position)
     if start < 0:
@@ -161,9 +195,9 @@ def _rindex(text: Value, needle: Value, position: Value = None) -> Value:
     return haystack.rfind(target, 0, min(start, len(haystack)) + len(target))
 
 
-def _join(first: Value, second: Value = None) -> Value:
+def _join(first: Value, second: Value = OMITTED) -> Value:
     # FleetConf: join([separator, items...]); also join(separator, list).
-    if second is None:
+    if second is OMITTED:
         items = _list(first, "join")
         if not items:
             return ""
@@ -173,6 +207,15 @@ def _join(first: Value, second: Value = None) -> Value:
 
 def _length(value: Value) -> Value:
     return None if value is None else len(render(value))
+
+
+def _lc(value: Value) -> Value:
+    text = render(value)
+    if "\u03a3" not in text:
+        return text.lower()
+    # str.lower maps a capital sigma that ends a word to the final ς; Perl's
+    # lc maps every one to σ.
+    return "".join(character.lower() for character in text)
 
 
 def _lcfirst(value: Value) -> Value:
@@ -254,14 +297,14 @@ def _unshift(items: Value, *more: Value) -> Value:
 
 
 def _splice(
-    items: Value, offset: Value = None, length: Value = None, *insert: Value
+    items: Value, offset: Value = OMITTED, length: Value = OMITTED, *insert: Value
 ) -> Value:
     values = _list(items, "splice")
-    start = 0 if offset is None else to_integer(offset)
+    start = 0 if offset is OMITTED else to_integer(offset)
     if start < 0:
         start = max(len(values) + start, 0)
     start = min(start, len(values))
-    if length is None:
+    if length is OMITTED:
         end = len(values)
     else:
         count = to_integer(length)
@@ -276,8 +319,11 @@ def _split(pattern: Value, text: Value = None, limit: Value = None) -> Value:
     maximum = 0 if limit is None else to_integer(limit)
     source = render(pattern)
     if source == " ":
-        subject = subject.lstrip(" \t\n\r\f\v")
         compiled = compile_regex(r"\s+")
+        # Leading blanks are dropped, every one that \s matches (U+2003 too).
+        leading = compiled.match(subject)
+        if leading is not None:
+            subject = subject[leading.end() :]
     elif source == "^":
         import regex
 
@@ -291,15 +337,12 @@ def _split(pattern: Value, text: Value = None, limit: Value = None) -> Value:
         match = search(compiled, subject, search_from)
         if match is None:
             break
-        if match.end() == match.start():
-            # A zero-width match never splits at the start, nor twice in one place.
-            if match.start() == 0 or match.start() >= len(subject):
-                if match.start() >= len(subject):
-                    break
-                search_from = match.start() + 1
-                continue
-        elif match.start() == 0 and position == 0 and match.end() == 0:
-            search_from = 1
+        if match.end() == match.start() and match.start() == position:
+            # A zero-width match never splits where the last field ended (the
+            # start, or right after a match): split(/x*/, "axb") is a, b.
+            if match.start() >= len(subject):
+                break
+            search_from = match.start() + 1
             continue
         fields.append(subject[position : match.start()])
         fields.extend(match.groups())
@@ -315,14 +358,14 @@ def _split(pattern: Value, text: Value = None, limit: Value = None) -> Value:
 
 
 def _substr(
-    text: Value, offset: Value, length: Value = None, replacement: Value = None
+    text: Value, offset: Value, length: Value = OMITTED, replacement: Value = None
 ) -> Value:
     subject = render(text)
     size = len(subject)
     start = to_integer(offset)
     if start < 0:
         start += size
-    if length is None:
+    if length is OMITTED:
         end = size
     else:
         count = to_integer(length)
@@ -359,8 +402,8 @@ def _expand_braces(word: str) -> list[str]:
     return expanded
 
 
-def _gmtime(seconds: Value = None) -> Value:
-    moment = time.gmtime(time.time() if seconds is None else to_integer(seconds))
+def _gmtime(seconds: Value = OMITTED) -> Value:
+    moment = time.gmtime(time.time() if seconds is OMITTED else to_integer(seconds))
     return [
         moment.tm_sec,
         moment.tm_min,
@@ -454,8 +497,8 @@ BUILTIN_FUNCTIONS: tuple[FunctionSpec, ...] = (
     _spec("index", 2, 3, _index, "position of a substring, or -1"),
     _spec("int", 1, 1, _int, "the integer part"),
     _spec("join", 1, 2, _join, "items joined by a separator"),
-    _spec("lc", 1, 1, lambda value: render(value).lower(), "lower case"),
-    _spec("lowercase", 1, 1, lambda value: render(value).lower(), "lower case"),
+    _spec("lc", 1, 1, _lc, "lower case"),
+    _spec("lowercase", 1, 1, _lc, "lower case"),
     _spec("lcfirst", 1, 1, _lcfirst, "first character in lower case"),
     _spec("length", 1, 1, _length, "number of characters"),
     _spec("log", 1, 1, _log, "natural logarithm"),

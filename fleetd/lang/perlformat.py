@@ -16,11 +16,19 @@ import math
 import re
 import struct
 
-from fleetd.lang.values import Value, format_number, render, to_integer, to_number
+from fleetd.lang.values import (
+    IV_MIN,
+    UV_MAX,
+    Value,
+    format_number,
+    render,
+    to_integer,
+    to_number,
+)
 
 _CONVERSION_RE = re.compile(
     r"%(?:(?P<index>\d+)\$)?(?P<flags>[-+ 0#]*)(?P<width>\*|\d+)?"
-    r"(?:\.(?P<precision>\*|\d*))?(?P<size>hh|h|ll|l|q|L|V)?(?P<conv>[%csduoxXeEfFgGbBi])"
+    r"(?:\.(?P<precision>\*|\d*))?(?P<size>hh|h|ll|l|q|L|V)?(?P<conv>[%csduoxXeEfFgGbBiDUO])"
 )
 
 
@@ -41,7 +49,8 @@ def perl_sprintf(template: Value, *args: Value) -> str:
     for match in _CONVERSION_RE.finditer(text):
         out.append(text[last : match.start()])
         last = match.end()
-        conv = match.group("conv")
+        # %D, %U and %O are Perl's synonyms of %ld, %lu and %lo.
+        conv = _SYNONYMS.get(match.group("conv"), match.group("conv"))
         if conv == "%":
             # Perl formats a literal % like a string: padded, and cut by a
             # precision.
@@ -66,7 +75,9 @@ def perl_sprintf(template: Value, *args: Value) -> str:
             width = int(width_text)
         precision: int | None = None
         if precision_text == "*":
-            precision = max(to_integer(next_arg()), 0)
+            # A negative precision from the arguments counts as none, as in C.
+            given = to_integer(next_arg())
+            precision = given if given >= 0 else None
         elif precision_text is not None:
             precision = int(precision_text or "0")
         if match.group("index"):
@@ -77,7 +88,9 @@ def perl_sprintf(template: Value, *args: Value) -> str:
         if (width or 0) > MAX_FIELD or (precision or 0) > MAX_FIELD:
             raise ValueError(f"sprintf field width or precision must be <= {MAX_FIELD}")
         try:
-            out.append(_format_one(conv, flags, width, precision, value))
+            out.append(
+                _format_one(conv, flags, width, precision, value, match.group("size"))
+            )
         except OverflowError as error:
             raise ValueError(
                 f"sprintf cannot format {render(value)!r}: {error}"
@@ -97,7 +110,12 @@ def _pad(text: str, flags: str, width: int | None, *, zero: bool = True) -> str:
 
 
 def _format_one(
-    conv: str, flags: str, width: int | None, precision: int | None, value: Value
+    conv: str,
+    flags: str,
+    width: int | None,
+    precision: int | None,
+    value: Value,
+    size: str | None = None,
 ) -> str:
     if conv == "s":
         text = render(value)
@@ -109,18 +127,43 @@ def _format_one(
         return _pad(chr(code) if 0 <= code <= 0x10FFFF else "\ufffd", flags, width)
     number = to_number(value)
     infinite = isinstance(number, float) and (math.isinf(number) or math.isnan(number))
+    if infinite:
+        # Every numeric conversion prints Inf, -Inf or NaN, with its + flag.
+        text = format_number(number)
+        if "+" in flags and not text.startswith("-") and not math.isnan(number):
+            text = "+" + text
+        return _pad(text, flags, width, zero=False)
     if conv in "fFeEgG":
-        if infinite:
-            return _pad(format_number(number), flags, width, zero=False)
         spec = flags + (str(width) if width is not None else "")
         prec = "" if precision is None else f".{precision}"
         return ("%" + spec + prec + conv) % float(number)
-    if infinite:
-        text = "-1" if conv == "d" and number < 0 else format_number(number)
-        return _pad(text, flags, width, zero=False)
-    return _format_integer(conv, flags, width, precision, int(number))
+    return _format_integer(
+        conv, flags, width, precision, _c_integer(number, conv, size)
+    )
 
 
+def _c_integer(number: float, conv: str, size: str | None) -> int:
+    """Cast `number` as Perl's sprintf does for an integer conversion.
+
+    A double beyond 64 bits saturates (1e20 becomes the largest unsigned
+    value), then %d reads the 64 bits as signed, so sprintf("%d", "1e20")
+    is -1. The h and hh sizes cut to 16 and 8 bits.
+    """
+    if isinstance(number, float):
+        if number < IV_MIN:
+            number = IV_MIN
+        elif number > UV_MAX:
+            number = UV_MAX
+        number = math.trunc(number)
+    bits = {"h": 16, "hh": 8}.get(size or "", 64)
+    integer = int(number) & ((1 << bits) - 1)
+    if conv in "di" and integer >= 1 << (bits - 1):
+        integer -= 1 << bits
+
+    return integer
+
+
+_SYNONYMS = {"D": "d", "U": "u", "O": "o"}
 _DIGIT_FORMATS = {"d": "d", "i": "d", "u": "d", "o": "o", "x": "x", "X": "X"}
 _PREFIXES = {"x": "0x", "X": "0X", "b": "0b", "B": "0B"}
 

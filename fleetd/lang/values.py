@@ -111,7 +111,7 @@ def to_number(value: Value) -> int | float:
     sign_text, whole, fraction = match.group(1, 2, 3)
     exponent = match.group(5)
     if whole is not None and fraction is None and exponent is None:
-        return int(sign_text + whole)
+        return perl_integer(int(sign_text + whole))
     # Perl keeps an integral result in an integer (IV) where it fits, so
     # "1e15" + 0 prints as 1000000000000000.
     return normalize_number(float(match.group(0)))
@@ -139,6 +139,38 @@ def to_integer(value: Value) -> int:
     return number
 
 
+#: The integers Perl keeps exact: a signed (IV) or unsigned (UV) 64-bit one.
+IV_MIN = -(2**63)
+UV_MAX = 2**64 - 1
+
+
+def perl_integer(number: int) -> int | float:
+    """Return `number` as Perl holds it: exact in 64 bits, else a double."""
+    if IV_MIN <= number <= UV_MAX:
+        return number
+
+    return float(number)
+
+
+def is_double(value: Value) -> bool:
+    """Tell whether Perl numifies `value` to a double (NV), not an integer.
+
+    Text with a fraction, an exponent, Inf or NaN is read as a double, and
+    so is an integer beyond 64 bits.
+    """
+    if isinstance(value, float):
+        return True
+    if not isinstance(value, str):
+        return False
+    match = _NUMERIC_PREFIX_RE.match(value)
+    if match is None:
+        return False
+    if match.group(7) or match.group(3) or match.group(4) or match.group(5):
+        return True
+
+    return isinstance(to_number(value), float)
+
+
 def normalize_number(number: float) -> int | float:
     """Turn an integral float into an int, as Perl keeps integer results."""
     if isinstance(number, float) and number.is_integer() and abs(number) < 2**63:
@@ -154,6 +186,11 @@ def compare_values(op: str, left: Value, right: Value) -> bool:
     if looks_like_number(left) and looks_like_number(right):
         a: int | float | str = to_number(left)
         b: int | float | str = to_number(right)
+        if is_double(left) or is_double(right):
+            # Perl compares as doubles then: "18446744073709551616" equals
+            # "18446744073709551617", where Python's exact int comparison
+            # would tell them apart.
+            a, b = float(a), float(b)
     else:
         a = render(left)
         b = render(right)
