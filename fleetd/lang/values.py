@@ -95,7 +95,9 @@ def to_number(value: Value) -> int | float:
         return 0
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return perl_integer(value)  # a JSON integer beyond 64 bits
+    if isinstance(value, float):
         return value
     if isinstance(value, list):
         return len(value)
@@ -124,7 +126,7 @@ def number_literal(text: str) -> int | float:
     `2.5`, `0.0` is false, and `1.0` is 1.
     """
     if "." not in text:
-        return int(text)
+        return perl_integer(int(text))
 
     return normalize_number(float(text))
 

@@ -76,6 +76,9 @@ NUMBER_CASES: list[tuple[str, str]] = [
     ('oct("777777777777777777777777")', 'oct("777777777777777777777777")'),
     ('oct("0b1' + "1" * 64 + '")', 'oct("0b1' + "1" * 64 + '")'),
     ('sqrt("1e30")', 'sqrt("1e30")'),
+    # A literal beyond 64 bits is a double too.
+    ("99999999999999999999", "99999999999999999999"),
+    ('sprintf("%d", 99999999999999999999)', 'sprintf("%d", 99999999999999999999)'),
     # The sign of a negative zero decides the quadrant of atan2.
     ('atan2("-0.0", -1)', 'atan2("-0.0", -1)'),
     # Perl returns Inf and NaN where Python's math module raises.
@@ -246,6 +249,7 @@ def test_text_file_test_matches_perl(
 # beyond 2**53, as doubles, so the two sides of each pair are equal.
 NUMBER_PAIRS = [
     ("18446744073709551616", "18446744073709551617"),
+    ("99999999999999999999", "100000000000000000000"),
     ("100000000000000000001", "1e20"),
     ("-9223372036854775809", "-9223372036854775810"),
     ("9007199254740993", "9007199254740992.0"),
@@ -303,3 +307,10 @@ PACK_CASES: list[tuple[str, str]] = [
 @pytest.mark.parametrize(("expression", "perl"), cases(PACK_CASES, PACK_DIFFERENCES))
 def test_pack_edge_matches_perl(expression: str, perl: str) -> None:
     assert joined(agent_value(expression)) == perl_value(perl)
+
+
+def test_literals_beyond_64_bits_compare_as_doubles() -> None:
+    # Perl reads both literals as the double 1e20, so they are equal.
+    text = "NAME t\nMNEMONIC t\nCHECK 99999999999999999999 = 100000000000000000000\n"
+    agent = parse_agent(text, "t.agent")
+    assert evaluate(agent.commands[0].expr, Scope(), Registry.default()) == 1
