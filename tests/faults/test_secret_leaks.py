@@ -51,3 +51,36 @@ def test_multiline_secret_hidden_in_reason(site: Site) -> None:
     assert "hunter2-tail" not in result.stderr
     assert "hunter2-tail" not in status.stdout
     assert "hunter2-tail" not in history.stdout
+
+
+def test_update_command_stderr_hides_secret(site: Site) -> None:
+    # The agent stages a secret into a record of a command workflow, and
+    # update_command fails after printing the record it read to stderr.
+    # Its stderr ends up in the reason of the failed commit.
+    lister = site.root / "list.sh"
+    lister.write_text('#!/bin/sh\necho \'[{"id": "r1"}]\'\n')
+    lister.chmod(0o755)
+    updater = site.root / "update.sh"
+    updater.write_text("#!/bin/sh\ncat >&2\nexit 1\n")
+    updater.chmod(0o755)
+    site.write(
+        "10-listed.toml",
+        f'[globals]\ntoken_secret = "{SECRET}"\n\n'
+        f'[workflows.listed]\nkind = "command"\nlist_command = ["{lister}"]\n'
+        f'update_command = ["{updater}"]\n',
+    )
+    site.write(
+        "tool.agent",
+        "NAME Tool\nMNEMONIC tool\nWORKFLOW listed\nSET this.token = token_secret\n",
+    )
+
+    result = site.run("once", "--json", "--log-target", "json")
+    status = site.run("status", "--json")
+    history = site.run("history", "r1", "--json")
+
+    assert result.returncode == 1, result.stderr
+    assert "update_command exited with status 1" in result.stdout
+    assert SECRET not in result.stdout
+    assert SECRET not in result.stderr
+    assert SECRET not in status.stdout
+    assert SECRET not in history.stdout
