@@ -232,3 +232,33 @@ async def test_unexpected_error_fails_run_not_lock(fleet: Fleet) -> None:
     assert report.run is PhaseResult.FAILED
     assert "internal error: ValueError: echo target broke" in (report.reason or "")
     assert locks == []
+
+
+async def test_surrogate_in_reason_resolves_lock(fleet: Fleet) -> None:
+    # chr(0xD800) is a lone surrogate, as in Perl, and the path of the
+    # missing program quotes it in the failure reason. The state store
+    # cannot encode it, yet the run must resolve its lock all the same.
+    fleet.record("ada", status="approved")
+    fleet.agent(
+        """
+        NAME     Surrogate
+        MNEMONIC surrogate
+        WORKFLOW requests
+        SET part = chr(55296)
+        EXEC_COMMAND /nonexistent/${part}
+        ON_FAILURE
+            EXEC_COMMAND true
+        END
+        """
+    )
+    agents = fleet.load()
+
+    async with fleet.engine() as engine:
+        [report] = await engine.run_cycle(agents.agents["Surrogate"])
+        locks = await engine.store.locks()
+
+    assert report.outcome is Outcome.ROLLED_BACK, report.reason
+    assert report.run is PhaseResult.FAILED
+    assert report.cleanup is PhaseResult.SUCCEEDED
+    assert "program not found" in (report.reason or "")
+    assert locks == []
