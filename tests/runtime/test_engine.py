@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anyio
@@ -625,3 +626,32 @@ async def test_matches_of_one_command_share_time_limit(fleet: Fleet) -> None:
     assert report.outcome is Outcome.ERROR
     assert "took longer than 1 s" in (report.reason or "")
     assert elapsed < 5
+
+
+async def test_plugin_command_sys_exit_fails_run(fleet: Fleet) -> None:
+    # A plugin command that calls sys.exit() raises SystemExit, which is
+    # not an Exception. It must fail the run like any other raise, and
+    # the run must still run its cleanup and resolve its lock.
+    fleet.record("ada", status="approved")
+    fleet.registry.add_command(CommandSpec("quit", 0, 0, lambda context: sys.exit(3)))
+    fleet.agent(
+        """
+        NAME     Quitter
+        MNEMONIC quitter
+        WORKFLOW requests
+        CALL quit()
+        ON_FAILURE
+            EXEC_COMMAND true
+        END
+        """
+    )
+    agents = fleet.load()
+
+    async with fleet.engine() as engine:
+        [report] = await engine.run_cycle(agents.agents["Quitter"])
+        locks = await engine.store.locks()
+
+    assert report.outcome is Outcome.ROLLED_BACK, report.reason
+    assert report.run is PhaseResult.FAILED
+    assert report.cleanup is PhaseResult.SUCCEEDED
+    assert locks == []
