@@ -158,9 +158,10 @@ def _list_drop_ins(
             regular = stat.S_ISREG(path.stat().st_mode)
         except OSError as error:
             # A drop-in symlinked into a folder this user cannot enter is
-            # listed, so that reading it reports the error. A dangling
-            # symlink is skipped like any other entry that is not a file.
-            regular = error.errno != errno.ENOENT
+            # listed, so that reading it reports the error. A dangling or
+            # looping symlink is skipped like any other entry that is not
+            # a file.
+            regular = error.errno in (errno.EACCES, errno.EPERM)
         if not regular:
             ignored.append((path, "not a regular file"))
         elif name.endswith(".toml"):

@@ -49,8 +49,9 @@ class DropInSource:
 def run_daemon(conf_dir: Path, *, log_target: str = "auto", verbosity: int = 0) -> int:
     """Run the daemon in the foreground until SIGTERM or SIGINT; return the exit status.
 
-    Exit status 0 after a graceful stop, 2 when the configuration or a
-    plugin cannot be loaded at startup, 1 when the daemon fails otherwise.
+    Exit status 0 after a graceful stop, 2 when the configuration cannot be
+    loaded at startup, 1 when the daemon fails otherwise. A plugin that
+    cannot load is logged and left out.
 
     Args:
         conf_dir: the drop-in directory.

@@ -62,6 +62,23 @@ class LockManagerStatistics(msgspec.Struct, frozen=True):
     recovered: int  # abandoned locks this manager resolved as interrupted
 
 
+def storable_text(text: str) -> str:
+    """Return `text` as both stores can keep it, with NUL and lone surrogates escaped.
+
+    A reason quotes programs' output and record values. A PostgreSQL text
+    column cannot hold NUL, and neither store can encode a lone surrogate
+    (an undecodable byte of a file name or of `chr(0xD800)`).
+    """
+    if "\0" in text:
+        text = text.replace("\0", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+    return text
+
+
 class Transaction:
     """One held lock, from `begin` to its resolution."""
 
@@ -197,10 +214,8 @@ class Transaction:
                 # store checks it again when it writes the resolution.
                 await store.validate(self.grant)
                 reason = await self._apply(resolution, apply, reason)
-            if reason is not None and "\0" in reason:
-                # A reason quotes programs' output and record values, and a
-                # PostgreSQL text column cannot hold a NUL character.
-                reason = reason.replace("\0", "\\x00")
+            if reason is not None:
+                reason = storable_text(reason)
             await store.resolve(
                 self.grant,
                 resolution,
@@ -262,7 +277,7 @@ class Transaction:
                 result = hook()
                 if inspect.isawaitable(result):
                     await result
-            except Exception as error:  # noqa: BLE001 - a hook never changes the resolution
+            except (Exception, SystemExit) as error:  # noqa: BLE001 - a hook never changes the resolution
                 self._log.error(
                     "hook_failed",
                     resolution=resolution.value,

@@ -179,7 +179,7 @@ def evaluate_value(expr: Any, scope: Scope, state: RunState, at: Location) -> Va
         return evaluate(expr, scope, state.registry, at)
     except EvaluationError as error:
         raise CommandError(str(error)) from error
-    except Exception as error:  # a broken function fails its command
+    except (Exception, SystemExit) as error:  # a broken function fails its command
         raise CommandError(f"{type(error).__name__}: {error}") from error
     finally:
         end_match_budget(budget)
@@ -271,7 +271,7 @@ async def call(command: CallCommand, scope: Scope, state: RunState) -> bool:
             result = await result
     except anyio.get_cancelled_exc_class():
         raise
-    except Exception as error:  # noqa: BLE001 - a plugin error fails its command
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - a plugin error fails its command
         raise CommandError(f"{command.name} raised {type(error).__name__}: {error}")
     if not truth(result):
         raise CommandError(f"{command.name} returned false")
@@ -436,7 +436,7 @@ async def run_command(
         state.running.remove(command)
         state.fail(command, str(error))
         return False
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         state.running.remove(command)
         state.log.exception("command_crashed", command=command_text(command))
         state.fail(command, f"internal error: {type(error).__name__}: {error}")

@@ -139,9 +139,10 @@ def secret_values(variables: Mapping[str, Value]) -> tuple[str, ...]:
 
     Each value, longest first, and each line of a value of several lines:
     program output is logged and quoted line by line, so a private key
-    printed by a program never appears whole. A line shorter than
-    `SECRET_LINE_MIN` is masked only as part of its value, or every short
-    word of the output would become `***`.
+    printed by a program never appears whole. A line with fewer than
+    `SECRET_LINE_MIN` characters besides blanks is masked only as part of
+    its value, or every short word or indentation of the output would
+    become `***`.
     """
     texts: set[str] = set()
     for name, value in variables.items():
@@ -151,7 +152,7 @@ def secret_values(variables: Mapping[str, Value]) -> tuple[str, ...]:
         texts.add(text)
         if "\n" in text:
             lines = (line.rstrip("\r") for line in text.split("\n"))
-            texts.update(line for line in lines if len(line) >= SECRET_LINE_MIN)
+            texts.update(line for line in lines if len(line.strip()) >= SECRET_LINE_MIN)
 
     return tuple(sorted((text for text in texts if text), key=len, reverse=True))
 
@@ -525,6 +526,10 @@ async def _run(
     return finish
 
 
+class ApplyFailed(Exception):
+    """Staged changes could not be written; the message has secrets masked."""
+
+
 def _locked_reason(holder: LockInfo) -> str:
     since = datetime.fromtimestamp(holder.since, UTC)
     return f"locked by {holder.owner} since {since:%Y-%m-%dT%H:%M:%SZ}"
@@ -572,7 +577,14 @@ async def _resolve(
         transaction.stage(field_name, value)
 
     async def write(changes: dict[str, Any]) -> None:
-        await workflow.commit(record, changes)
+        try:
+            await workflow.commit(record, changes)
+        except Exception as error:
+            if not state.secrets:
+                raise
+            # The workflow's message may quote the changes or a program's
+            # output (update_command), so it is masked before anyone logs it.
+            raise ApplyFailed(state.redact(str(error))) from None
 
     # A workflow on the store's database writes its UPDATE inside the
     # resolution transaction, so the changes and the mark commit together.
@@ -591,8 +603,8 @@ async def _resolve(
             except LeaseLost:
                 raise
             except Exception as error:  # noqa: BLE001 - resolved as error below
-                reason = f"applying staged changes failed: {error}"
-                logger.error("commit_failed", error=repr(error))
+                reason = state.redact(f"applying staged changes failed: {error}")
+                logger.error("commit_failed", error=state.redact(repr(error)))
                 await transaction.commit_with_error(None, reason=reason)
                 return Outcome.ERROR, reason
             # A Cleanup that failed only because it had no command to run
@@ -617,8 +629,8 @@ async def _resolve(
         except LeaseLost:
             raise
         except Exception as error:  # noqa: BLE001 - marked in error without changes
-            logger.error("apply_failed", error=repr(error))
-            reason = f"{reason}; applying staged changes failed: {error}"
+            logger.error("apply_failed", error=state.redact(repr(error)))
+            reason = state.redact(f"{reason}; applying staged changes failed: {error}")
             await transaction.commit_with_error(None, reason=reason)
         return Outcome.ERROR, reason
     except LeaseLost:

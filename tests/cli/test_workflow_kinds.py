@@ -132,9 +132,7 @@ def test_sqlite_shared_store_failed_update_marks_error_only(
     assert marks == [("1", "error")]
 
 
-def test_sqlite_shared_store_trigger_rollback_isolated(
-    site: Site, reports
-) -> None:
+def test_sqlite_shared_store_trigger_rollback_isolated(site: Site, reports) -> None:
     # RAISE(ROLLBACK) in a trigger ends the whole transaction, which the
     # store shares with the claims and resolutions of other records. Only
     # the records whose UPDATE the trigger rejects may end in error.

@@ -82,6 +82,18 @@ def test_other_files_reported_and_ignored(conf_dir: Path, write) -> None:
     assert config.agent_files == (conf_dir / "a.agent", conf_dir / "b.agent")
 
 
+def test_broken_symlinks_reported_and_ignored(conf_dir: Path) -> None:
+    (conf_dir / "10-loop.toml").symlink_to(conf_dir / "10-loop.toml")
+    (conf_dir / "20-gone.toml").symlink_to(conf_dir / "nowhere.toml")
+    (conf_dir / "30-under-file.agent").symlink_to(conf_dir / "20-gone.toml" / "x")
+    config = load_config(conf_dir)
+    assert dict(config.ignored) == {
+        conf_dir / "10-loop.toml": "not a regular file",
+        conf_dir / "20-gone.toml": "not a regular file",
+        conf_dir / "30-under-file.agent": "not a regular file",
+    }
+
+
 def test_state_file_in_conf_dir_not_reported(conf_dir: Path, write) -> None:
     write("00-daemon.toml", '[daemon]\nstate = "state.db"\n')
     for name in ("state.db", "state.db-wal", "state.db-shm", "notes.txt"):

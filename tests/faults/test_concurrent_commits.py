@@ -65,9 +65,7 @@ def test_outside_flock_lets_sigterm_stop(site: Site) -> None:
         time.sleep(0.5)
         once = site.start("once", "--json")
         deadline = time.monotonic() + 20
-        while not any(
-            event.get("event") == "agent_log" for event in site.log_events()
-        ):
+        while not any(event.get("event") == "agent_log" for event in site.log_events()):
             assert time.monotonic() < deadline, "the run never reached Cleanup"
             time.sleep(0.05)
         time.sleep(0.5)

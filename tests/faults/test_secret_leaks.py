@@ -38,7 +38,7 @@ def test_multiline_secret_hidden_in_reason(site: Site) -> None:
     site.write(
         "tool.agent",
         "NAME Tool\nMNEMONIC tool\n"
-        "EXEC_COMMAND sh -c 'printf \"%s\\n\" \"$1\" >&2; exit 3' sh ${key_secret}\n",
+        'EXEC_COMMAND sh -c \'printf "%s\\n" "$1" >&2; exit 3\' sh ${key_secret}\n',
     )
 
     result = site.run("once", "--json", "--log-target", "json")

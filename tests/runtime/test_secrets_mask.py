@@ -20,3 +20,9 @@ def test_multi_line_secret_masked_line_by_line() -> None:
 def test_only_secret_globals_are_masked() -> None:
     texts = secret_values({"db_password": "s3cret", "db_user": "fleetd", "n_secret": 7})
     assert texts == ("s3cret", "7")
+
+
+def test_blank_lines_of_a_secret_are_not_masked_alone() -> None:
+    key = "line-one\n        \nline-two"
+    texts = secret_values({"key_secret": key})
+    assert set(texts) == {key, "line-one", "line-two"}
