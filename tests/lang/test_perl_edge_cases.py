@@ -314,3 +314,17 @@ def test_literals_beyond_64_bits_compare_as_doubles() -> None:
     text = "NAME t\nMNEMONIC t\nCHECK 99999999999999999999 = 100000000000000000000\n"
     agent = parse_agent(text, "t.agent")
     assert evaluate(agent.commands[0].expr, Scope(), Registry.default()) == 1
+
+
+# Perl reads an integer literal beyond 64 bits as a double, as it reads
+# such text: %u saturates it to the largest unsigned value.
+LITERAL_CASES: list[tuple[str, str]] = [
+    ("18446744073709551616", "18446744073709551616"),
+    ('sprintf("%u", 18446744073709551616)', 'sprintf("%u", 18446744073709551616)'),
+]
+
+
+@NEEDS_PERL
+@pytest.mark.parametrize(("expression", "perl"), cases(LITERAL_CASES, {}))
+def test_huge_integer_literal_matches_perl(expression: str, perl: str) -> None:
+    assert joined(agent_value(expression)) == perl_value(perl)
