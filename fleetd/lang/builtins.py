@@ -112,31 +112,42 @@ def _int(value: Value) -> Value:
     return int(number)
 
 
+def _digits(text: str, digit: str) -> str:
+    """Return the digits Perl reads from the start of `text`.
+
+    An underscore counts only before a digit, so "1_f" is 1f and "1__f"
+    stops at 1, as Perl's grok_hex, grok_oct and grok_bin read them.
+    """
+    match = re.match(f"(?:_?{digit})*", text)
+    assert match is not None  # the pattern matches the empty string
+    return match.group().replace("_", "")
+
+
 def _hex(value: Value) -> Value:
     # Unlike oct, Perl's hex skips no leading blanks: hex(" 1f") is 0.
-    text = render(value).replace("_", "")
+    text = render(value)
     if text[:2].lower() == "0x":
         text = text[2:]
     elif text[:1].lower() == "x":
         text = text[1:]
-    digits = re.match(r"[0-9A-Fa-f]*", text).group()  # type: ignore[union-attr]
+    digits = _digits(text, "[0-9A-Fa-f]")
     return perl_integer(int(digits, 16)) if digits else 0
 
 
 def _oct(value: Value) -> Value:
     # Perl's oct skips leading ASCII blanks only.
-    text = render(value).lstrip(" \t\n\r\f\v").replace("_", "")
+    text = render(value).lstrip(" \t\n\r\f\v")
     lower = text.lower()
-    for prefixes, base, pattern in (
-        (("0x", "x"), 16, r"[0-9a-f]*"),
-        (("0b", "b"), 2, r"[01]*"),
-        (("0o", "o"), 8, r"[0-7]*"),
+    for prefixes, base, digit in (
+        (("0x", "x"), 16, "[0-9a-f]"),
+        (("0b", "b"), 2, "[01]"),
+        (("0o", "o"), 8, "[0-7]"),
     ):
         for prefix in prefixes:
             if lower.startswith(prefix):
-                digits = re.match(pattern, lower[len(prefix) :]).group()  # type: ignore[union-attr]
+                digits = _digits(lower[len(prefix) :], digit)
                 return perl_integer(int(digits, base)) if digits else 0
-    digits = re.match(r"[0-7]*", lower).group()  # type: ignore[union-attr]
+    digits = _digits(lower, "[0-7]")
     return perl_integer(int(digits, 8)) if digits else 0
 
 
@@ -403,7 +414,10 @@ def _expand_braces(word: str) -> list[str]:
 
 
 def _gmtime(seconds: Value = OMITTED) -> Value:
-    moment = time.gmtime(time.time() if seconds is OMITTED else to_integer(seconds))
+    # Perl rounds a fraction down, so gmtime(-0.5) is the last second of 1969.
+    moment = time.gmtime(
+        time.time() if seconds is OMITTED else math.floor(to_number(seconds))
+    )
     return [
         moment.tm_sec,
         moment.tm_min,

@@ -125,28 +125,36 @@ def _text_or_binary(want_text: bool) -> Callable[[Value], Value]:
             return None
         if not block:
             return TRUE
-        if b"\0" in block:
+        # Perl's pp_fttext: a block with non-ASCII bytes that is all UTF-8 is
+        # text, even with a NUL in it. Otherwise a NUL makes it binary, and so
+        # does more than a third of odd bytes: all but printable ASCII, the
+        # blanks other than VT, backspace and escape.
+        if not block.isascii() and _is_utf8(block):
+            is_text = True
+        elif b"\0" in block:
             is_text = False
         else:
-            try:
-                block.decode("utf-8")
-                is_text = True
-            except UnicodeDecodeError as error:
-                # A multi-byte character cut at the end of the block is text.
-                is_text = (
-                    error.start >= len(block) - 3
-                    and error.reason == "unexpected end of data"
-                )
-                if not is_text:
-                    odd = sum(
-                        1
-                        for byte in block
-                        if byte > 127 or (byte < 32 and byte not in b"\t\n\r\f\b\x1b")
-                    )
-                    is_text = odd * 3 <= len(block)
+            odd = sum(
+                1
+                for byte in block
+                if not (32 <= byte <= 126 or byte in b"\t\n\r\f\b\x1b")
+            )
+            is_text = odd * 3 <= len(block)
         return TRUE if is_text == want_text else FALSE
 
     return test
+
+
+def _is_utf8(block: bytes) -> bool:
+    """Tell whether `block` is UTF-8, allowing a character cut at its end."""
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return (
+            error.start >= len(block) - 3 and error.reason == "unexpected end of data"
+        )
+
+    return True
 
 
 def newer_than(first: Value, second: Value) -> Value:
