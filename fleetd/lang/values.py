@@ -147,7 +147,7 @@ UV_MAX = 2**64 - 1
 
 
 def perl_integer(number: int) -> int | float:
-    """Return `number` as Perl holds it: exact in 64 bits, else a double."""
+    """Return `number` as Perl stores it: exact in 64 bits, else a double."""
     if IV_MIN <= number <= UV_MAX:
         return number
 

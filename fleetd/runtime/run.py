@@ -411,7 +411,7 @@ async def _run(
         holder = settings.held.get((key.workflow, key.record, key.mnemonic))
         if holder is not None:
             # As a real run would be refused. A real run would first resolve
-            # a lock whose owner is gone, which pretend only tells.
+            # a lock whose owner is gone, which pretend only reports.
             reason = _locked_reason(holder)
             if holder.run_id in settings.abandoned:
                 reason += (
