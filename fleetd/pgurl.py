@@ -24,7 +24,7 @@ import shlex
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-# libpq parameters that tune the TCP connection; asyncpg has no setting.
+# libpq parameters that tune the TCP connection, which asyncpg cannot set.
 _TCP_PARAMETERS = frozenset(
     {
         "keepalives",
@@ -51,7 +51,7 @@ def connect_arguments(url: str) -> tuple[str, dict[str, Any]]:
     parts = urlsplit(url)
     if not parts.query:
         return url, {}
-    kept: list[tuple[str, str]] = []
+    remaining: list[tuple[str, str]] = []
     arguments: dict[str, Any] = {}
     settings: dict[str, str] = {}
     fallback_name: str | None = None
@@ -74,12 +74,12 @@ def connect_arguments(url: str) -> tuple[str, dict[str, Any]]:
                 )
         else:
             named = named or key == "application_name"
-            kept.append((key, value))
+            remaining.append((key, value))
     if fallback_name is not None and not named:
         settings.setdefault("application_name", fallback_name)
     if settings:
         arguments["server_settings"] = settings
-    query = urlencode(kept)
+    query = urlencode(remaining)
 
     return urlunsplit(parts._replace(query=query)), arguments
 

@@ -87,8 +87,8 @@ def _sqrt(value: Value) -> Value:
 def _double(number: float) -> Value:
     """Return the double result of a math function as Perl prints it.
 
-    Perl keeps it a double (NV), so from 1e15 on it prints as 1e+15; a
-    smaller integral one prints the same as an integer, and is one.
+    Perl keeps it a double (NV), so from 1e15 on it prints as 1e+15. A
+    smaller integral one prints the same as an integer, and becomes one.
     """
     return number if abs(number) >= 1e15 else normalize_number(number)
 
@@ -224,8 +224,8 @@ def _lc(value: Value) -> Value:
     text = render(value)
     if "\u03a3" not in text:
         return text.lower()
-    # str.lower maps a capital sigma that ends a word to the final ς; Perl's
-    # lc maps every one to σ.
+    # str.lower maps a capital sigma that ends a word to the final ς, while
+    # Perl's lc maps every one to σ.
     return "".join(character.lower() for character in text)
 
 

@@ -76,8 +76,8 @@ def perl_sprintf(template: Value, *args: Value) -> str:
         precision: int | None = None
         if precision_text == "*":
             # A negative precision from the arguments counts as none, as in C.
-            given = to_integer(next_arg())
-            precision = given if given >= 0 else None
+            requested = to_integer(next_arg())
+            precision = requested if requested >= 0 else None
         elif precision_text is not None:
             precision = int(precision_text or "0")
         if match.group("index"):

@@ -18,8 +18,8 @@ Value: TypeAlias = Union[None, str, int, float, list["Value"], dict[str, "Value"
 
 # Perl's looks_like_number: optional blanks, sign, digits with an optional
 # fraction and exponent (or Inf/Infinity/NaN), then optional blanks. Perl's
-# blanks and digits are ASCII ones (re.ASCII): "\u0661" (Arabic-Indic one)
-# and a leading no-break space make a string that is not a number.
+# blanks and digits are ASCII ones (re.ASCII), so "\u0661" (the Arabic-Indic
+# digit one) and a leading no-break space make a string that is not a number.
 _NUMBER_RE = re.compile(
     r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\s*\Z",
     re.IGNORECASE | re.ASCII,

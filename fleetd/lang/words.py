@@ -22,8 +22,8 @@ from fleetd.lang.ast import Template, Variable
 from fleetd.lang.templates import REFERENCE_RE, variable_path
 
 # A shell splits words at the characters of its default IFS: space, tab
-# and newline (a command line holds no newline). A form feed or vertical
-# tab stays inside its word, as in sh and bash.
+# and newline, and a command line contains no newline. A form feed or
+# vertical tab stays inside its word, as in sh and bash.
 _BLANKS = " \t"
 _OPERATORS = "|&;<>`"
 

@@ -153,7 +153,7 @@ def test_unknown_agent_name_exits_2(site: Site) -> None:
     assert "(agents there: 'A')" in result.stderr
 
 
-def test_unknown_agent_name_suggests_the_name_in_its_case(site: Site) -> None:
+def test_unknown_agent_name_suggests_case(site: Site) -> None:
     site.write("f.agent", "NAME File-Content\nMNEMONIC fc\nECHO ran\n")
     result = site.run("once", "-a", "file-content")
     assert result.returncode == 2

@@ -50,7 +50,7 @@ def test_sqlite_workflow_updates_rows(site: Site, reports) -> None:
 
 
 def shared_database(site: Site) -> Path:
-    """A workflow table in the SQLite file that also holds the state store."""
+    """Create a workflow table in the SQLite file of the state store."""
     database = site.root / "shared.db"
     connection = sqlite3.connect(database)
     with connection:

@@ -92,7 +92,7 @@ async def test_pretend_reports_a_held_lock_as_locked(fleet: Fleet) -> None:
     assert lock.run_id == "other-run"
 
 
-async def test_pretend_tells_a_dead_owners_lock_will_be_interrupted(
+async def test_pretend_reports_dead_owner_lock(
     fleet: Fleet,
 ) -> None:
     fleet.record("olga", status="approved")

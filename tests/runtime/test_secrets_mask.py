@@ -22,7 +22,7 @@ def test_only_secret_globals_are_masked() -> None:
     assert texts == ("s3cret", "7")
 
 
-def test_blank_lines_of_a_secret_are_not_masked_alone() -> None:
+def test_secret_blank_lines_not_masked() -> None:
     key = "line-one\n        \nline-two"
     texts = secret_values({"key_secret": key})
     assert set(texts) == {key, "line-one", "line-two"}
