@@ -323,3 +323,14 @@ LITERAL_CASES: list[tuple[str, str]] = [
 @pytest.mark.parametrize(("expression", "perl"), cases(LITERAL_CASES, {}))
 def test_huge_integer_literal_matches_perl(expression: str, perl: str) -> None:
     assert joined(agent_value(expression)) == perl_value(perl)
+
+
+@NEEDS_PERL
+@pytest.mark.parametrize(("left", "right"), NUMBER_PAIRS)
+def test_huge_number_membership_matches_perl(left: str, right: str) -> None:
+    # IN compares each element by the same rule as =.
+    agent = parse_agent("NAME t\nMNEMONIC t\nCHECK a IN [b]\n", "t.agent")
+    scope = Scope({"a": left, "b": right})
+    result = evaluate(agent.commands[0].expr, scope, Registry.default())
+    got = "1" if result == 1 else "0"
+    assert got == perl_comparison("==", left, right)
