@@ -334,3 +334,28 @@ def test_huge_number_membership_matches_perl(left: str, right: str) -> None:
     result = evaluate(agent.commands[0].expr, scope, Registry.default())
     got = "1" if result == 1 else "0"
     assert got == perl_comparison("==", left, right)
+
+
+# Perl reads text in exponent form whose value is a whole number within
+# 64 bits as that integer, so it compares exactly with an integer: "1e18"
+# is below "1000000000000000001". Plain decimal text, such as
+# "9007199254740992.0", still compares as a double.
+EXPONENT_PAIRS = [
+    ("1e18", "1000000000000000001"),
+    ("1e19", "10000000000000000001"),
+    ("1.5e18", "1500000000000000001"),
+    ("9.007199254740992e15", "9007199254740993"),
+]
+
+
+@NEEDS_PERL
+@pytest.mark.parametrize(("left", "right"), EXPONENT_PAIRS)
+@pytest.mark.parametrize(("operator", "perl_operator"), [("=", "=="), ("<", "<")])
+def test_integral_exponent_comparison_matches_perl(
+    left: str, right: str, operator: str, perl_operator: str
+) -> None:
+    agent = parse_agent(f"NAME t\nMNEMONIC t\nCHECK a {operator} b\n", "t.agent")
+    scope = Scope({"a": left, "b": right})
+    result = evaluate(agent.commands[0].expr, scope, Registry.default())
+    got = "1" if result == 1 else "0"
+    assert got == perl_comparison(perl_operator, left, right)
