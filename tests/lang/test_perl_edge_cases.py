@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fleetd.lang import Registry, Scope, evaluate, parse_agent
+from fleetd.lang.values import render
 from tests.lang.test_builtins import agent_value, joined, perl_values
 
 NEEDS_PERL = pytest.mark.skipif(
@@ -359,3 +360,31 @@ def test_integral_exponent_comparison_matches_perl(
     result = evaluate(agent.commands[0].expr, scope, Registry.default())
     got = "1" if result == 1 else "0"
     assert got == perl_comparison(perl_operator, left, right)
+
+
+# Perl's split counts only the fields toward a positive limit, not the
+# captured separators, and /^/ matches no empty line after a final
+# newline. Splitting an empty string gives no field, whatever the limit.
+SPLIT_LIMIT_CASES: list[tuple[str, str]] = [
+    ('split("(=)", "a=b=c", 3)', 'join "|", split(/(=)/, "a=b=c", 3)'),
+    ('split("(,)", "a,b,c,d", 3)', 'join "|", split(/(,)/, "a,b,c,d", 3)'),
+    ('split("^", "x\\ny\\n", -1)', 'join "|", split(/^/, "x\\ny\\n", -1)'),
+    ('size(split(",", "", -1))', 'scalar(my @f = split(/,/, "", -1))'),
+    ('size(split(" ", " ", 5))', 'scalar(my @f = split(" ", " ", 5))'),
+]
+
+
+@NEEDS_PERL
+@pytest.mark.parametrize(
+    ("expression", "perl"),
+    SPLIT_LIMIT_CASES,
+    ids=[case[0] for case in SPLIT_LIMIT_CASES],
+)
+def test_split_limit_matches_perl(expression: str, perl: str) -> None:
+    # Items are joined with "|", because the texts split here contain commas.
+    value = agent_value(expression)
+    if isinstance(value, list):
+        got = "|".join(render(item) for item in value)
+    else:
+        got = render(value)
+    assert got == perl_value(perl)
