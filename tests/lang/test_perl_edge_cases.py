@@ -388,3 +388,23 @@ def test_split_limit_matches_perl(expression: str, perl: str) -> None:
     else:
         got = render(value)
     assert got == perl_value(perl)
+
+
+# Perl applies the space and zero flags to Inf too: "% d" prints "+Inf",
+# and "%05d" pads it with zeros to "00Inf".
+SPRINTF_INFINITY_CASES: list[tuple[str, str]] = [
+    ('sprintf("% d", "inf")', 'sprintf("% d", 9**9**9)'),
+    ('sprintf("% f", "inf")', 'sprintf("% f", 9**9**9)'),
+    ('sprintf("%05d", "inf")', 'sprintf("%05d", 9**9**9)'),
+    ('sprintf("%05f", "-inf")', 'sprintf("%05f", -9**9**9)'),
+]
+
+
+@NEEDS_PERL
+@pytest.mark.parametrize(
+    ("expression", "perl"),
+    SPRINTF_INFINITY_CASES,
+    ids=[case[0] for case in SPRINTF_INFINITY_CASES],
+)
+def test_sprintf_infinity_flags_match_perl(expression: str, perl: str) -> None:
+    assert joined(agent_value(expression)) == perl_value(perl)
