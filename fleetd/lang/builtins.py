@@ -338,13 +338,18 @@ def _split(pattern: Value, text: Value = None, limit: Value = None) -> Value:
     elif source == "^":
         import regex
 
-        compiled = compile_regex(r"^", regex.MULTILINE)
+        # Perl's /^/m does not match after a newline that ends the text.
+        compiled = compile_regex(r"^(?!\Z)", regex.MULTILINE)
     else:
         compiled = compile_perl(source, "")
+    if not subject:
+        return []  # empty text splits into no field, whatever the limit
     fields: list[Value] = []
+    # The limit counts the fields between separators, not captured groups.
+    count = 0
     position = 0
     search_from = 0
-    while maximum <= 0 or len(fields) < maximum - 1:
+    while maximum <= 0 or count < maximum - 1:
         match = search(compiled, subject, search_from)
         if match is None:
             break
@@ -356,6 +361,7 @@ def _split(pattern: Value, text: Value = None, limit: Value = None) -> Value:
             search_from = match.start() + 1
             continue
         fields.append(subject[position : match.start()])
+        count += 1
         fields.extend(match.groups())
         position = match.end()
         search_from = position if match.end() > match.start() else position + 1

@@ -26,8 +26,8 @@ from fleetd.lang.values import (
     Value,
     compare_values,
     looks_like_number,
+    numbers_to_compare,
     render,
-    to_number,
     truth,
 )
 
@@ -53,7 +53,8 @@ def _equal(left: Value, right: Value) -> bool:
     if right is None:
         return False
     if looks_like_number(left) and looks_like_number(right):
-        return to_number(left) == to_number(right)
+        a, b = numbers_to_compare(left, right)
+        return a == b
     return render(left) == render(right)
 
 

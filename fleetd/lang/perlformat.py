@@ -128,11 +128,14 @@ def _format_one(
     number = to_number(value)
     infinite = isinstance(number, float) and (math.isinf(number) or math.isnan(number))
     if infinite:
-        # Every numeric conversion prints Inf, -Inf or NaN, with its + flag.
+        # Every numeric conversion prints Inf, -Inf or NaN. The + and space
+        # flags both give +Inf, and the 0 flag pads with zeros before the
+        # sign ("0-Inf"), as perl 5.36 prints them.
         text = format_number(number)
-        if "+" in flags and not text.startswith("-") and not math.isnan(number):
+        signed = "+" in flags or " " in flags
+        if signed and not text.startswith("-") and not math.isnan(number):
             text = "+" + text
-        return _pad(text, flags, width, zero=False)
+        return _pad(text, flags, width)
     if conv in "fFeEgG":
         spec = flags + (str(width) if width is not None else "")
         prec = "" if precision is None else f".{precision}"

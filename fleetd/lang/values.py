@@ -157,20 +157,31 @@ def perl_integer(number: int) -> int | float:
 def is_double(value: Value) -> bool:
     """Tell whether Perl numifies `value` to a double (NV), not an integer.
 
-    Text with a fraction, an exponent, Inf or NaN is read as a double, and
-    so is an integer beyond 64 bits.
+    A number beyond 64 bits is a double, and so is text with Inf, NaN or a
+    decimal point without an exponent. Text with an exponent whose value
+    is a whole number within 64 bits ("1e18", "1.5e18") is read as that
+    integer, as perl 5.36 compares it.
     """
     if isinstance(value, float):
         return True
+    if isinstance(value, int):
+        return not IV_MIN <= value <= UV_MAX
     if not isinstance(value, str):
         return False
     match = _NUMERIC_PREFIX_RE.match(value)
     if match is None:
         return False
-    if match.group(7) or match.group(3) or match.group(4) or match.group(5):
+    if match.group(7):
+        return True
+    number = to_number(value)
+    if match.group(5):
+        return isinstance(number, float) and not (
+            number.is_integer() and IV_MIN <= number <= UV_MAX
+        )
+    if match.group(3) or match.group(4):
         return True
 
-    return isinstance(to_number(value), float)
+    return isinstance(number, float)
 
 
 def normalize_number(number: float) -> int | float:
@@ -178,6 +189,20 @@ def normalize_number(number: float) -> int | float:
     if isinstance(number, float) and number.is_integer() and abs(number) < 2**63:
         return int(number)
     return number
+
+
+def numbers_to_compare(left: Value, right: Value) -> tuple[int | float, int | float]:
+    """Return two values that look like numbers as Perl compares them.
+
+    When either is a double (`is_double`), both are: "18446744073709551616"
+    equals "18446744073709551617", which Python's exact comparison of
+    integers would tell apart.
+    """
+    a, b = to_number(left), to_number(right)
+    if is_double(left) or is_double(right):
+        return float(a), float(b)
+
+    return a, b
 
 
 def compare_values(op: str, left: Value, right: Value) -> bool:
@@ -188,11 +213,7 @@ def compare_values(op: str, left: Value, right: Value) -> bool:
     if looks_like_number(left) and looks_like_number(right):
         a: int | float | str = to_number(left)
         b: int | float | str = to_number(right)
-        if is_double(left) or is_double(right):
-            # Perl compares as doubles then: "18446744073709551616" equals
-            # "18446744073709551617", where Python's exact int comparison
-            # would tell them apart.
-            a, b = float(a), float(b)
+        a, b = numbers_to_compare(left, right)
     else:
         a = render(left)
         b = render(right)
