@@ -106,7 +106,7 @@ def test_unknown_workflow_leaves_agent_unscheduled(fleet: Fleet) -> None:
     assert not loaded.scheduled
     [error] = agents.errors
     assert error.startswith(f"{path}:3:1: unknown workflow 'nowhere' (configured: ")
-    # The message says how to define a workflow.
+    # The message explains how to define a workflow.
     assert "[workflows.NAME]" in error
 
 
