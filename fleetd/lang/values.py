@@ -91,32 +91,49 @@ def looks_like_number(value: Value) -> bool:
 
 def to_number(value: Value) -> int | float:
     """Numify `value` as Perl does: the numeric prefix of its text, else 0."""
+    return _numify(value)[0]
+
+
+def _numify(value: Value) -> tuple[int | float, bool]:
+    """Return `value` numified, and whether Perl holds the number as a double.
+
+    A number beyond 64 bits is a double, and so is text with Inf, NaN or a
+    decimal point without an exponent. Text with an exponent whose value
+    is a whole number within 64 bits ("1e18", "1.5e18") is read as that
+    integer, as perl 5.36 compares it.
+    """
     if value is None:
-        return 0
+        return 0, False
     if isinstance(value, bool):
-        return int(value)
+        return int(value), False
     if isinstance(value, int):
-        return perl_integer(value)  # a JSON integer beyond 64 bits
+        number = perl_integer(value)  # a JSON integer beyond 64 bits
+        return number, isinstance(number, float)
     if isinstance(value, float):
-        return value
-    if isinstance(value, list):
-        return len(value)
-    if isinstance(value, dict):
-        return len(value)
+        return value, True
+    if isinstance(value, (list, dict)):
+        return len(value), False
     match = _NUMERIC_PREFIX_RE.match(value)
     if match is None:
-        return 0
+        return 0, False
     if match.group(7):
         sign = -1.0 if match.group(6) == "-" else 1.0
         word = match.group(7).lower()
-        return math.nan if word == "nan" else sign * math.inf
+        return (math.nan if word == "nan" else sign * math.inf), True
     sign_text, whole, fraction = match.group(1, 2, 3)
     exponent = match.group(5)
     if whole is not None and fraction is None and exponent is None:
-        return perl_integer(int(sign_text + whole))
+        number = perl_integer(int(sign_text + whole))
+        return number, isinstance(number, float)
     # Perl keeps an integral result in an integer (IV) where it fits, so
     # "1e15" + 0 prints as 1000000000000000.
-    return normalize_number(float(match.group(0)))
+    number = normalize_number(float(match.group(0)))
+    if exponent is not None:
+        return number, isinstance(number, float) and not (
+            number.is_integer() and IV_MIN <= number <= UV_MAX
+        )
+
+    return number, True
 
 
 def number_literal(text: str) -> int | float:
@@ -154,36 +171,6 @@ def perl_integer(number: int) -> int | float:
     return float(number)
 
 
-def is_double(value: Value) -> bool:
-    """Tell whether Perl numifies `value` to a double (NV), not an integer.
-
-    A number beyond 64 bits is a double, and so is text with Inf, NaN or a
-    decimal point without an exponent. Text with an exponent whose value
-    is a whole number within 64 bits ("1e18", "1.5e18") is read as that
-    integer, as perl 5.36 compares it.
-    """
-    if isinstance(value, float):
-        return True
-    if isinstance(value, int):
-        return not IV_MIN <= value <= UV_MAX
-    if not isinstance(value, str):
-        return False
-    match = _NUMERIC_PREFIX_RE.match(value)
-    if match is None:
-        return False
-    if match.group(7):
-        return True
-    number = to_number(value)
-    if match.group(5):
-        return isinstance(number, float) and not (
-            number.is_integer() and IV_MIN <= number <= UV_MAX
-        )
-    if match.group(3) or match.group(4):
-        return True
-
-    return isinstance(number, float)
-
-
 def normalize_number(number: float) -> int | float:
     """Turn an integral float into an int, as Perl keeps integer results."""
     if isinstance(number, float) and number.is_integer() and abs(number) < 2**63:
@@ -194,12 +181,13 @@ def normalize_number(number: float) -> int | float:
 def numbers_to_compare(left: Value, right: Value) -> tuple[int | float, int | float]:
     """Return two values that look like numbers as Perl compares them.
 
-    When either is a double (`is_double`), both are: "18446744073709551616"
+    When either is a double (`_numify`), both are: "18446744073709551616"
     equals "18446744073709551617", which Python's exact comparison of
     integers would tell apart.
     """
-    a, b = to_number(left), to_number(right)
-    if is_double(left) or is_double(right):
+    a, left_double = _numify(left)
+    b, right_double = _numify(right)
+    if left_double or right_double:
         return float(a), float(b)
 
     return a, b
@@ -210,9 +198,9 @@ def compare_values(op: str, left: Value, right: Value) -> bool:
 
     Lists and dicts compare by their rendered text.
     """
+    a: int | float | str
+    b: int | float | str
     if looks_like_number(left) and looks_like_number(right):
-        a: int | float | str = to_number(left)
-        b: int | float | str = to_number(right)
         a, b = numbers_to_compare(left, right)
     else:
         a = render(left)
